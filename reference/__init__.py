@@ -1,0 +1,1 @@
+"""Reference emitter and collector: JSON log events through a Linux FIFO into PostgreSQL."""

@@ -1,0 +1,1 @@
+"""Reference collector: read JSON lines from a FIFO and bulk-load them into PostgreSQL with COPY."""

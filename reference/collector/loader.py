@@ -1,0 +1,125 @@
+"""Load batches with COPY in one transaction each; a row PostgreSQL rejects is isolated by bisection."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psycopg2
+import psycopg2.extras
+
+from reference.collector.validate import COLUMNS, Rejection
+from reference.dsn import redact, scrub
+from reference.schema import apply_schema
+
+log = logging.getLogger(__name__)
+
+COPY_SQL = f"COPY logs ({', '.join(COLUMNS)}) FROM STDIN"
+INSERT_REJECTED_SQL = "INSERT INTO logs_rejected (reason, raw) VALUES %s"
+# Reconnect backoff: quick first retries for a restart, capped so an outage costs one attempt per 5 s.
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+# Errors that mean "this data is wrong", not "the server is gone": they are answered by bisection.
+DATA_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.ProgrammingError,
+               psycopg2.InternalError, psycopg2.NotSupportedError)
+
+
+@dataclass
+class Batch:
+    """Rows to COPY, the raw line behind each row (for rejection), and lines already rejected."""
+
+    rows: list[bytes] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    bytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejections)
+
+
+@dataclass
+class LoadResult:
+    """What one batch did to the database."""
+
+    rows: int
+    rejected: int
+
+
+class Loader:
+    """Owns the database connection: applies the schema, commits batches, survives server restarts."""
+
+    def __init__(self, dsn: str, *, apply_schema_at_start: bool = True) -> None:
+        self.dsn = dsn
+        self.apply_schema_at_start = apply_schema_at_start
+        self.conn = None
+
+    def connect(self) -> None:
+        """Connect, retrying with capped exponential backoff and one log line per state change."""
+        delay = RETRY_FIRST_S
+        failing_since = None
+        while True:
+            try:
+                self.conn = psycopg2.connect(self.dsn, connect_timeout=10,
+                                             application_name="namedpiper-collector")
+                if self.apply_schema_at_start:
+                    apply_schema(self.conn)
+                if failing_since is not None:
+                    log.warning("database reachable again after %.1f s", time.monotonic() - failing_since)
+                return
+            except psycopg2.OperationalError as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("database unreachable at %s: %s; retrying every %.1f-%.1f s", redact(self.dsn),
+                                scrub(str(exc).strip().splitlines()[0], self.dsn), RETRY_FIRST_S, RETRY_MAX_S)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def load(self, batch: Batch) -> LoadResult:
+        """Commit every good row and every rejection of batch, whatever the server says about single rows."""
+        while True:
+            if self.conn is None or self.conn.closed:
+                self.connect()
+            try:
+                return self._load_once(batch)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                log.warning("database connection lost while loading (%s); reconnecting",
+                            scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                                  self.dsn))
+                self.close()
+
+    def _load_once(self, batch: Batch) -> LoadResult:
+        rejections = list(batch.rejections)
+        with self.conn.cursor() as cur:
+            if batch.rows:
+                self._copy_isolating(cur, batch.rows, batch.raws, rejections)
+            if rejections:
+                psycopg2.extras.execute_values(
+                    cur, INSERT_REJECTED_SQL, [(r.reason, psycopg2.Binary(r.raw)) for r in rejections])
+        self.conn.commit()
+        return LoadResult(rows=len(batch.rows) - (len(rejections) - len(batch.rejections)),
+                          rejected=len(rejections))
+
+    def _copy_isolating(self, cur, rows: list[bytes], raws: list[bytes], rejections: list[Rejection]) -> None:
+        """COPY rows; on a data error, bisect under savepoints until each bad row stands alone and is rejected."""
+        cur.execute("SAVEPOINT np_copy")
+        try:
+            cur.copy_expert(COPY_SQL, io.BytesIO(b"".join(rows)))
+        except DATA_ERRORS as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT np_copy")
+            if len(rows) == 1:
+                message = (exc.pgerror or str(exc)).strip().splitlines()[0]
+                rejections.append(Rejection(f"PostgreSQL rejected the row: {message}", raws[0]))
+                return
+            middle = len(rows) // 2
+            self._copy_isolating(cur, rows[:middle], raws[:middle], rejections)
+            self._copy_isolating(cur, rows[middle:], raws[middle:], rejections)
+            return
+        cur.execute("RELEASE SAVEPOINT np_copy")

@@ -1,0 +1,205 @@
+"""Reference emitter: `python -m reference.emitter` writes faker log events into a FIFO and prints a summary."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import stat
+import sys
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from reference.events import EventFactory
+from reference.fifo import describe_kind
+from reference.fifo_writer import FifoWriter, WriterStats
+from reference.framing import PACK_TO_PIPE_BUF, frames
+from reference.sizes import SizeRange, parse_size
+
+log = logging.getLogger("reference.emitter")
+
+# Lines generated ahead of the writes that carry them: large enough to pack PIPE_BUF many times over,
+# small enough that a stop request is honoured within a few milliseconds.
+GENERATION_CHUNK = 256
+# A rate-limited writer never sleeps longer than this, so --duration and SIGTERM are honoured promptly.
+MAX_PACING_SLEEP_S = 0.05
+
+
+@dataclass(frozen=True)
+class EmitterConfig:
+    """Everything one writer process needs."""
+
+    fifo: str
+    size: SizeRange
+    count: int | None
+    duration: float | None
+    rate: float
+    seed: int
+    run_id: str
+    source: str
+    nonblocking: bool
+    lines_per_write: int
+
+
+_stop_requested = False
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    global _stop_requested
+    _stop_requested = True
+
+
+def run_writer(config: EmitterConfig) -> dict:
+    """Write config.count lines (or for config.duration seconds) and return this writer's summary."""
+    factory = EventFactory(config.size, seed=config.seed, run_id=config.run_id, source=config.source)
+    writer = FifoWriter(config.fifo, nonblocking=config.nonblocking)
+    writer.open()
+    started = time.monotonic()
+    deadline = started + config.duration if config.duration else None
+    generated = 0
+    try:
+        while not _stop_requested:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            want = GENERATION_CHUNK
+            if config.count is not None:
+                want = min(want, config.count - generated)
+            if config.rate:
+                due = int((now - started) * config.rate) - generated
+                if due <= 0:
+                    time.sleep(min(MAX_PACING_SLEEP_S, (generated + 1) / config.rate - (now - started)))
+                    continue
+                want = min(want, due)
+            if want <= 0:
+                break
+            lines = factory.lines(want)
+            generated += want
+            for batch in frames(lines, config.lines_per_write):
+                writer.write_lines(batch)
+    finally:
+        writer.close()
+    elapsed = time.monotonic() - started
+    return {"source": config.source, "elapsed_seconds": round(elapsed, 3), "last_seq": factory.seq,
+            **writer.stats.as_dict()}
+
+
+def _writer_process(config: EmitterConfig, results: multiprocessing.Queue) -> None:
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    results.put(run_writer(config))
+
+
+def split_count(total: int | None, writers: int) -> list[int | None]:
+    """Share total lines between writers; the first ones take the remainder."""
+    if total is None:
+        return [None] * writers
+    base, extra = divmod(total, writers)
+    return [base + (1 if k < extra else 0) for k in range(writers)]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Start the writers, wait for them, and return the summary of the whole run."""
+    counts = split_count(args.count, args.writers)
+    configs = [
+        EmitterConfig(args.fifo, args.size, counts[k], args.duration, args.rate / args.writers, args.seed,
+                      args.run_id, f"{args.source}{k}", args.nonblocking, args.lines_per_write)
+        for k in range(args.writers)
+    ]
+    started = time.monotonic()
+    if args.writers == 1:
+        results = [run_writer(configs[0])]
+    else:
+        # fork: children inherit the faker pools built in the parent instead of building their own.
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_writer_process, args=(c, queue), daemon=True) for c in configs]
+        for p in procs:
+            p.start()
+        results = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+    elapsed = time.monotonic() - started
+    total = WriterStats()
+    for r in results:
+        for key in ("lines_sent", "bytes_sent", "lines_dropped", "writes", "epipe", "eagain", "blocked_seconds"):
+            setattr(total, key, getattr(total, key) + r[key])
+    return {"run": args.run_id, "writers": args.writers, "size": str(args.size), **total.as_dict(),
+               "elapsed_seconds": round(elapsed, 3),
+               "lines_per_second": round(total.lines_sent / elapsed) if elapsed > 0 else None,
+               "sources": sorted(results, key=lambda r: r["source"])}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
+    return value
+
+
+def _size(text: str) -> SizeRange:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the reference emitter."""
+    p = argparse.ArgumentParser(prog="python -m reference.emitter", description=__doc__)
+    p.add_argument("--fifo", required=True, help="path of the FIFO to write (the collector creates it)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--count", type=int, help="lines in total, shared between writers (default 1000)")
+    amount.add_argument("--duration", type=float, help="write for this many seconds instead of a count")
+    p.add_argument("--rate", type=float, default=0, help="lines per second in total; 0 = as fast as possible")
+    p.add_argument("--size", type=_size, default=parse_size("small"),
+                   help="size class (small, medium, pipe_buf, over_pipe_buf, over_capacity) or MIN-MAX bytes")
+    p.add_argument("--writers", type=_positive_int, default=1, help="writer processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for reproducible events (default 0)")
+    p.add_argument("--run-id", default=None, help="run id stored in data._np.run (default: random)")
+    p.add_argument("--source", default="w", help="source prefix; writer k is SOURCE+k in data._np.src")
+    p.add_argument("--lines-per-write", type=int, default=PACK_TO_PIPE_BUF,
+                   help="lines per write; 0 (default) packs whole lines up to PIPE_BUF (4096 B) per write")
+    p.add_argument("--nonblocking", action="store_true",
+                   help="drop and count lines when the pipe is full or has no reader, instead of waiting")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the writers, print one JSON summary line."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s emitter %(levelname)s %(message)s", stream=sys.stderr)
+    if args.count is None and args.duration is None:
+        args.count = 1000
+    if args.count is not None and args.count < 0:
+        print("error: --count must be 0 or more", file=sys.stderr)
+        return 2
+    args.run_id = args.run_id or secrets.token_hex(4)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    if not os.path.exists(args.fifo):
+        log.warning("%s does not exist yet; waiting for the collector to create it", args.fifo)
+        while not os.path.exists(args.fifo) and not _stop_requested:
+            time.sleep(MAX_PACING_SLEEP_S)
+    if os.path.exists(args.fifo) and not stat.S_ISFIFO(os.stat(args.fifo).st_mode):
+        print(f"error: {args.fifo} is {describe_kind(os.stat(args.fifo).st_mode)}, not a FIFO; "
+              "point --fifo at the collector's FIFO", file=sys.stderr)
+        return 2
+    try:
+        summary = run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(summary).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

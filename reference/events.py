@@ -1,0 +1,198 @@
+"""Faker-built log events in the README's schema, pre-encoded once and stamped fast with time, trace and seq."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from dataclasses import dataclass
+
+import orjson
+from faker import Faker
+
+from reference.sizes import MAX_RUN_ID_LENGTH, MAX_SOURCE_LENGTH, SizeRange
+
+# Faker builds about 1,200 full records per second per core: a pool of this many costs ~0.3 s once per
+# process and gives enough variety that consecutive lines rarely share a record.
+RECORD_POOL_SIZE = 400
+# Templates are (record, exact size) pairs; each event samples one. More templates means more variety,
+# and this cap keeps a pool of 1 MiB lines to ~48 MiB of memory.
+MAX_TEMPLATES = 256
+TEMPLATE_MEMORY_BUDGET = 48 * 1024 * 1024
+# The time stamp always has this shape, so every line of a template has the same length.
+TIME_FORMAT_LENGTH = len("2026-11-28T05:30:00.123456+00:00")
+# Room left in the padding for the sequence number to grow from 1 digit to this many.
+MAX_SEQ_DIGITS = 12
+# Key under data that carries the harness's bookkeeping: run id, source (emitter) id and sequence number.
+BOOKKEEPING_KEY = "_np"
+
+APPLICATIONS = ("WebApp", "LoadBalancer", "AuthService", "PaymentService", "Inventory", "Scheduler", "Search")
+ENVIRONMENTS = ("production", "production", "production", "staging", "development", "qa")
+EVENTS = {
+    "access": "/usr/src/app/haproxy",
+    "login": "/usr/src/app/login.py",
+    "login_error": "/usr/src/app/login.py",
+    "logout": "/usr/src/app/login.py",
+    "purchase": "/usr/src/app/checkout.py",
+    "signup": "/usr/src/app/accounts.py",
+    "search": "/usr/src/app/search.py",
+}
+HTTP_METHODS = ("GET", "GET", "GET", "POST", "PUT", "DELETE")
+
+
+@dataclass(frozen=True)
+class Template:
+    """One encoded event split around the values that change per line."""
+
+    head: bytes  # up to the time value
+    after_time: bytes  # up to the trace id value
+    after_trace: bytes  # up to the padding
+    padding: bytes  # message text, sized for a one-digit seq; its plain tail shrinks as seq grows
+    after_padding: bytes  # bookkeeping up to the seq value
+    tail: bytes  # closes the objects and ends the line
+
+
+def _traceback(fake: Faker) -> str:
+    frames = "".join(
+        f'  File "/usr/src/app/{fake.word()}.py", line {fake.random_int(10, 900)}, in {fake.word()}\n'
+        for _ in range(fake.random_int(2, 5))
+    )
+    return f"Traceback (most recent call last):\n{frames}ValueError: {fake.sentence(nb_words=6)}"
+
+
+def _record(fake: Faker) -> dict:
+    """One realistic event, without time, trace id and bookkeeping."""
+    event = fake.random_element(tuple(EVENTS))
+    user = {"user": fake.name(), "age": fake.random_int(18, 90), "email": fake.email()}
+    if event == "access":
+        data = {
+            "method": fake.random_element(HTTP_METHODS),
+            "path": "/" + fake.uri_path(),
+            "status": fake.random_element((200, 200, 200, 201, 204, 301, 404, 500)),
+            "bytes": fake.random_int(120, 90_000),
+        }
+    elif event == "login_error":
+        data = {**user, "traceback": _traceback(fake)}
+    elif event == "purchase":
+        data = {**user, "amount": float(fake.pydecimal(2, 2, positive=True)), "currency": fake.currency_code()}
+    else:
+        data = user
+    return {
+        "application_name": fake.random_element(APPLICATIONS),
+        "environment_name": fake.random_element(ENVIRONMENTS),
+        "log_event": event,
+        "file_path": EVENTS[event],
+        "host_ip": fake.ipv4_private(),
+        "data": data,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def record_pool(seed: int) -> tuple[dict, ...]:
+    """Build (once per process and seed) the pool of faker records events are sampled from."""
+    fake = Faker()
+    fake.seed_instance(seed)
+    return tuple(_record(fake) for _ in range(RECORD_POOL_SIZE))
+
+
+@functools.lru_cache(maxsize=8)
+def filler_text(seed: int) -> tuple[bytes, bytes]:
+    """Message text for padding: (frames, plain) as JSON-string bytes; plain has no escapes, so any cut is valid."""
+    fake = Faker()
+    fake.seed_instance(seed)
+    frames = orjson.dumps("\n".join(_traceback(fake) for _ in range(8)))[1:-1]
+    plain = " ".join(fake.sentence(nb_words=12) for _ in range(40)).encode("ascii")
+    return frames, plain
+
+
+def _padding(seed: int, length: int) -> bytes:
+    """Exactly length bytes of JSON-string content that reads like a log message; it ends in plain text."""
+    frames, plain = filler_text(seed)
+    # The last MAX_SEQ_DIGITS bytes must be plain text, so the seq can grow by cutting them.
+    body = length - MAX_SEQ_DIGITS
+    out = bytearray()
+    while len(out) < body:
+        # Whole escaped frames would overshoot mid-escape; plain sentences fill the rest exactly.
+        source = frames if len(out) + len(frames) <= body and len(out) % 2 else plain
+        out += source[: body - len(out)]
+    return bytes(out) + plain[:MAX_SEQ_DIGITS]
+
+
+def build_template(record: dict, size: int, run_id: str, source: str, seed: int) -> Template:
+    """Encode record so that every line stamped from it is exactly size bytes long, newline included."""
+    time_marker, trace_marker = "\x01TIME\x01", "\x01TRACE\x01"
+    for data in (record["data"], {}):
+        event = {"time": time_marker, **{k: record[k] for k in ("application_name", "environment_name",
+                                                                   "log_event")}, "trace_id": trace_marker,
+                 **{k: record[k] for k in ("file_path", "host_ip")},
+                 "data": {**data, "message": "\x01PAD\x01", BOOKKEEPING_KEY: {"run": run_id, "src": source,
+                                                                               "seq": 0}}}
+        encoded = orjson.dumps(event)
+        head, rest = encoded.split(orjson.dumps(time_marker)[1:-1], 1)
+        after_time, rest = rest.split(orjson.dumps(trace_marker)[1:-1], 1)
+        after_trace, rest = rest.split(b"\\u0001PAD\\u0001", 1)
+        after_padding, tail = rest.rsplit(b"0", 1)
+        fixed = len(head) + TIME_FORMAT_LENGTH + len(after_time) + 36 + len(after_trace)
+        fixed += len(after_padding) + 1 + len(tail) + 1  # one seq digit, the newline
+        pad_length = size - fixed
+        if pad_length >= MAX_SEQ_DIGITS:
+            return Template(head, after_time, after_trace, _padding(seed, pad_length), after_padding,
+                            tail + b"\n")
+    raise ValueError(f"an event line of {size} bytes is too small: this one needs {fixed + MAX_SEQ_DIGITS}")
+
+
+class EventFactory:
+    """Makes encoded lines of one source (emitter), seq 1, 2, 3..., each within the size range, reproducibly."""
+
+    def __init__(self, size: SizeRange, *, seed: int, run_id: str, source: str) -> None:
+        if not 0 < len(run_id) <= MAX_RUN_ID_LENGTH or not 0 < len(source) <= MAX_SOURCE_LENGTH:
+            raise ValueError(
+                f"run id {run_id!r} and source {source!r} must have 1..{MAX_RUN_ID_LENGTH} and "
+                f"1..{MAX_SOURCE_LENGTH} characters; shorten them"
+            )
+        self.size = size
+        self.run_id = run_id
+        self.source = source
+        self.seq = 0
+        self._rng = random.Random(f"{seed}:{source}")
+        pool = record_pool(seed)
+        average = (size.low + size.high) // 2
+        count = max(1, min(MAX_TEMPLATES, TEMPLATE_MEMORY_BUDGET // max(average, 1)))
+        self._templates = [
+            build_template(self._rng.choice(pool), self._rng.randint(size.low, size.high), run_id, source, seed)
+            for _ in range(count)
+        ]
+        self._second = -1
+        self._second_text = b""
+
+    def _time(self) -> bytes:
+        """Now as RFC 3339 with microseconds and offset; the formatted second is cached."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return b"%s.%06d+00:00" % (self._second_text, int((now - second) * 1_000_000))
+
+    def _trace_id(self) -> bytes:
+        """A random version-4 UUID from the seeded generator."""
+        n = self._rng.getrandbits(128)
+        n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
+        n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+        h = b"%032x" % n
+        return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+    def line(self) -> bytes:
+        """The next event as one encoded line, newline included."""
+        self.seq += 1
+        t = self._templates[self._rng.randrange(len(self._templates))]
+        seq = b"%d" % self.seq
+        padding = t.padding[: len(t.padding) - len(seq) + 1]
+        return b"".join(
+            (t.head, self._time(), t.after_time, self._trace_id(), t.after_trace, padding, t.after_padding,
+             seq, t.tail)
+        )
+
+    def lines(self, count: int) -> list[bytes]:
+        """The next count lines."""
+        return [self.line() for _ in range(count)]

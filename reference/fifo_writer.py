@@ -1,0 +1,138 @@
+"""Write whole lines into a FIFO, waiting out a full pipe or a missing reader, and count what happened."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import time
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+# How often a non-blocking writer with no reader checks whether one has appeared; lines in between are
+# dropped (and counted), so this bounds the work done while nobody listens without a busy loop.
+NO_READER_RECHECK_S = 0.05
+
+
+@dataclass
+class WriterStats:
+    """What one writer did: lines and bytes delivered into the pipe, lines dropped, pipe events."""
+
+    lines_sent: int = 0
+    bytes_sent: int = 0
+    lines_dropped: int = 0
+    writes: int = 0
+    epipe: int = 0
+    eagain: int = 0
+    blocked_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        """The counters as a plain dict, times rounded to milliseconds."""
+        out = asdict(self)
+        out["blocked_seconds"] = round(self.blocked_seconds, 3)
+        return out
+
+
+class FifoWriter:
+    """One write end of a FIFO.
+
+    The descriptor is non-blocking so that the time spent waiting on a full pipe can be measured; in
+    blocking mode the writer then waits with poll(), which is what a blocking write does inside the kernel.
+    """
+
+    def __init__(self, path: str, *, nonblocking: bool = False) -> None:
+        self.path = path
+        self.nonblocking = nonblocking
+        self.stats = WriterStats()
+        self.fd: int | None = None
+        self._next_reader_check = 0.0
+
+    def open(self) -> bool:
+        """Open for writing; in blocking mode wait (in the kernel, no busy loop) for a reader. False if none."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            if self.nonblocking:
+                return False
+            log.warning("waiting for a reader on %s (start the collector)", self.path)
+            started = time.monotonic()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # blocks until a reader opens the FIFO
+            os.set_blocking(fd, False)
+            self.stats.blocked_seconds += time.monotonic() - started
+            log.warning("a reader opened %s; writing", self.path)
+        # The old descriptor is closed only now: while any write end stays open, the pipe keeps the bytes
+        # nobody has read yet, and a new reader gets them.
+        self.close()
+        self.fd = fd
+        return True
+
+    def close(self) -> None:
+        """Close the descriptor if open."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def write_lines(self, lines: list[bytes]) -> bool:
+        """Deliver lines as one write; True when they are in the pipe, False when they were dropped."""
+        data = b"".join(lines) if len(lines) > 1 else lines[0]
+        while True:
+            if self.fd is None and not self._reopen():
+                self.stats.lines_dropped += len(lines)
+                return False
+            try:
+                delivered = self._write_all(data)
+            except BrokenPipeError:
+                self.stats.epipe += 1
+                if self.nonblocking:
+                    self.stats.lines_dropped += len(lines)
+                    self._reopen()
+                    return False
+                # Blocking mode: wait for the next reader and send the same lines again, whole.
+                self.open()
+                continue
+            if not delivered:
+                self.stats.lines_dropped += len(lines)
+                return False
+            self.stats.writes += 1
+            self.stats.lines_sent += len(lines)
+            self.stats.bytes_sent += len(data)
+            return True
+
+    def _reopen(self) -> bool:
+        """Try to get a write end again; a non-blocking writer checks at most every NO_READER_RECHECK_S."""
+        if not self.nonblocking:
+            return self.open()
+        now = time.monotonic()
+        if now < self._next_reader_check:
+            return False
+        self._next_reader_check = now + NO_READER_RECHECK_S
+        return self.open()
+
+    def _write_all(self, data: bytes) -> bool:
+        """Write every byte of data; False only when a non-blocking writer found the pipe full before any byte."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                self.stats.eagain += 1
+                if self.nonblocking and len(view) == len(data):
+                    return False  # nothing of this write is in the pipe: drop it whole
+                # Blocking mode, or a large write already partly in the pipe: finishing it is the only way
+                # not to leave a fragment that would glue onto the next line.
+                self._wait_writable()
+                continue
+            view = view[n:]
+        return True
+
+    def _wait_writable(self) -> None:
+        """Sleep in poll() until the pipe has room, adding the time to blocked_seconds."""
+        started = time.monotonic()
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        poller.poll()
+        self.stats.blocked_seconds += time.monotonic() - started
