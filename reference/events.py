@@ -15,10 +15,10 @@ from reference.sizes import MAX_RUN_ID_LENGTH, MAX_SOURCE_LENGTH, SizeRange
 # Faker builds about 1,200 full records per second per core: a pool of this many costs ~0.3 s once per
 # process and gives enough variety that consecutive lines rarely share a record.
 RECORD_POOL_SIZE = 400
-# Templates are (record, exact size) pairs; each event samples one. More templates means more variety,
-# and this cap keeps a pool of 1 MiB lines to ~48 MiB of memory.
+# Templates are (record, exact size) pairs; each event samples one. More templates means more variety;
+# the budget keeps a factory of 1 MiB lines to ~8 MiB (15 templates), since a Locust process may hold dozens.
 MAX_TEMPLATES = 256
-TEMPLATE_MEMORY_BUDGET = 48 * 1024 * 1024
+TEMPLATE_MEMORY_BUDGET = 8 * 1024 * 1024
 # The time stamp always has this shape, so every line of a template has the same length.
 TIME_FORMAT_LENGTH = len("2026-11-28T05:30:00.123456+00:00")
 # Room left in the padding for the sequence number to grow from 1 digit to this many.

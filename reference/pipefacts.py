@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,11 +132,9 @@ def _fill(fd: int) -> bytes:
 def _read_now(fd: int) -> bytes:
     """Read everything a non-blocking fd holds right now."""
     chunks = []
-    try:
+    with suppress(BlockingIOError):
         while data := os.read(fd, READ_CHUNK):
             chunks.append(data)
-    except BlockingIOError:
-        pass
     return b"".join(chunks)
 
 
@@ -237,16 +235,15 @@ def _judge_lines(reader: int, procs: Sequence[subprocess.Popen[bytes]], size: in
     deadline = time.monotonic() + TORN_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         exited = all(proc.poll() is not None for proc in procs)  # checked first: nothing arrives later
-        if not select.select([reader], [], [], POLL_SECONDS)[0]:
-            continue
-        try:
-            data = os.read(reader, READ_CHUNK)
-        except BlockingIOError:
-            continue
+        ready, data = select.select([reader], [], [], POLL_SECONDS)[0], b""
+        if ready:
+            with suppress(BlockingIOError):
+                data = os.read(reader, READ_CHUNK)
         if not data:
             if exited:
                 return torn + bool(pending), total + bool(pending)
-            time.sleep(IDLE_SECONDS)  # between one writer's close and the next one's open
+            if ready:
+                time.sleep(IDLE_SECONDS)  # EOF between one writer's close and the next one's open
             continue
         *complete, pending = (pending + data).split(b"\n")
         total += len(complete)

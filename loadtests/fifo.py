@@ -1,0 +1,118 @@
+"""The namedpiper locustfile: `locust -f loadtests/fifo.py` or `locust --config scenarios/NAME.conf`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import sys
+from pathlib import Path
+
+# Run from a checkout without `pip install -e .`: make the project importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from locust import User, events, task  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+
+from loadtests.fifo_client import FifoClient, SourceCounts  # noqa: E402
+from loadtests.options import add_options, parse_size_mix  # noqa: E402
+from loadtests.run import Run  # noqa: E402
+from reference.events import EventFactory  # noqa: E402
+from reference.fifo import PIPE_BUF  # noqa: E402
+from reference.sizes import parse_size  # noqa: E402
+
+log = logging.getLogger("namedpiper")
+
+# Users get this long to unwind after being stopped (they only update counters on the way out).
+USER_EXIT_WAIT_S = 5.0
+# Counters of the users in this process, by source; cumulative over a run, sent to the master at its end.
+COUNTS: dict[str, SourceCounts] = {}
+_user_numbers = itertools.count()
+_run: Run | None = None
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    add_options(parser)
+
+
+@events.init.add_listener
+def _on_init(environment, **_kw) -> None:
+    global _run
+    try:
+        parse_size_mix(environment.parsed_options.size_mix)
+    except ValueError as exc:
+        log.error("%s", exc)
+        environment.process_exit_code = 2
+        raise SystemExit(2) from None
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    _run = Run(environment)
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message("np_counts", _run.receive_counts)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kw) -> None:
+    COUNTS.clear()
+    if _run is not None:
+        _run.start()
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment, **_kw) -> None:
+    # A run that ends by --run-time kills users without waiting: let them finish their own bookkeeping.
+    environment.runner.user_greenlets.join(timeout=USER_EXIT_WAIT_S)
+    counts = {src: c.as_dict() for src, c in COUNTS.items()}
+    if isinstance(environment.runner, WorkerRunner):
+        # Sent before "client_stopped" on the same connection, so the master has it before its test_stop.
+        environment.runner.send_message("np_counts", counts)
+    elif _run is not None:
+        _run.receive_counts_local(counts)
+        _run.finish()
+
+
+@events.quitting.add_listener
+def _on_quitting(environment, **_kw) -> None:
+    if _run is not None:
+        _run.close()
+
+
+class FifoUser(User):
+    """Writes faker log lines into the FIFO as fast as it can, one Locust request per write."""
+
+    def on_start(self) -> None:
+        """Pick this user's size class from the mix, then open its own event source."""
+        o = self.environment.parsed_options
+        number = next(_user_numbers)
+        mix = parse_size_mix(o.size_mix)
+        chooser = random.Random(f"{o.seed}:{number}")
+        self.size_name = chooser.choices([n for n, _ in mix], weights=[w for _, w in mix])[0]
+        size = parse_size(self.size_name)
+        worker = getattr(self.environment.runner, "worker_index", 0)
+        self.source = f"p{worker}u{number}"
+        self.counts = COUNTS.setdefault(self.source, SourceCounts())
+        self.factory = EventFactory(size, seed=o.seed, run_id=o.np_run_id, source=self.source)
+        # Packing: as many whole lines as surely fit in PIPE_BUF; a larger line travels alone.
+        self.lines_per_write = o.lines_per_write or max(1, PIPE_BUF // size.high)
+        self.record_big = o.account_bytes and size.high > PIPE_BUF
+        self.client = FifoClient(self.environment, o.np_fifo, self.counts, drop_when_full=o.drop_when_full,
+                                 reopen_per_write=o.reopen_per_write)
+
+    def on_stop(self) -> None:
+        """Close the write end."""
+        self.client.close()
+
+    @task
+    def write_lines(self) -> None:
+        """Generate one write's worth of lines and write them."""
+        lines = self.factory.lines(self.lines_per_write)
+        # No yield point between generating and counting: a stop cannot catch lines in between.
+        self.counts.generated += len(lines)
+        if self.record_big:
+            first = self.factory.seq - len(lines) + 1
+            self.counts.big_lines.extend((first + i, len(line)) for i, line in enumerate(lines)
+                                         if len(line) > PIPE_BUF)
+        self.client.write(lines, self.size_name)
+
+

@@ -1,0 +1,159 @@
+"""A gevent-cooperative FIFO writer that reports every write to Locust as a request."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import gevent
+import gevent.os
+import gevent.socket
+
+# Pause between non-blocking open attempts while the FIFO has no reader (ENXIO): short enough to start
+# writing within ~20 ms of the collector opening, long enough not to spin a core.
+OPEN_RETRY_S = 0.02
+# An open that finds no reader for this long is reported as a failed request, and the user tries again.
+OPEN_TIMEOUT_S = 10.0
+
+
+class FifoOpenTimeout(ConnectionError):
+    """No reader opened the FIFO in time."""
+
+
+class FifoFull(BlockingIOError):
+    """A drop-mode write found the pipe full (EAGAIN) and was dropped."""
+
+
+@dataclass
+class SourceCounts:
+    """What one source (one Locust user) generated, delivered and dropped; cumulative, sent to the master."""
+
+    generated: int = 0
+    sent: int = 0
+    dropped: int = 0
+    # Lines whose write was cut short (EPIPE or the end of the run after part of it was in the pipe).
+    interrupted: int = 0
+    bytes_sent: int = 0
+    epipe: int = 0
+    eagain: int = 0
+    blocked_s: float = 0.0
+    # (seq, length) of lines above PIPE_BUF, recorded when byte accounting is on: they are the ones that tear.
+    big_lines: list[tuple[int, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """Plain data for a Locust message."""
+        return asdict(self)
+
+
+class FifoClient:
+    """Write end of a FIFO for one Locust user; never blocks other greenlets, never raises out of a task."""
+
+    def __init__(self, environment, path: str, counts: SourceCounts, *, drop_when_full: bool = False,
+                 reopen_per_write: bool = False) -> None:
+        self.environment = environment
+        self.path = path
+        self.counts = counts
+        self.drop_when_full = drop_when_full
+        self.reopen_per_write = reopen_per_write
+        self.fd: int | None = None
+        self._progress = 0
+
+    def _open(self) -> None:
+        """Open with O_NONBLOCK, retrying ENXIO (no reader yet) with a cooperative sleep."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENXIO, errno.ENOENT) or time.monotonic() >= deadline:
+                    if exc.errno in (errno.ENXIO, errno.ENOENT):
+                        raise FifoOpenTimeout(
+                            f"no reader opened {self.path} within {OPEN_TIMEOUT_S:.0f} s (is the collector running?)"
+                        ) from exc
+                    raise
+                gevent.sleep(OPEN_RETRY_S)
+
+    def close(self) -> None:
+        """Close the write end."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def write(self, lines: list[bytes], name: str) -> bool:
+        """Write lines as one write and fire one Locust request per attempt; True when they are in the pipe.
+
+        A blocking-mode user that meets EPIPE (no reader) reports it, waits for a reader and sends the same
+        lines again, so nothing is lost; a drop-mode user counts them as dropped.
+        """
+        data = b"".join(lines)
+        try:
+            while True:
+                delivered, exception, elapsed_ms = self._attempt(data, len(lines))
+                self.environment.events.request.fire(
+                    request_type="fifo", name=name, response_time=elapsed_ms,
+                    response_length=len(data) if delivered else 0, exception=exception,
+                    context={"lines": len(lines)},
+                )
+                if delivered or self.drop_when_full:
+                    break
+        except gevent.GreenletExit:
+            # The run is stopping while this write waits: a write cut in the middle leaves a fragment that
+            # the collector rejects; one that never started is simply not sent.
+            if self._progress:
+                self.counts.interrupted += len(lines)
+            else:
+                self.counts.dropped += len(lines)
+            raise
+        finally:
+            if self.reopen_per_write:
+                self.close()
+        if delivered:
+            self.counts.sent += len(lines)
+            self.counts.bytes_sent += len(data)
+        elif self._progress:
+            self.counts.interrupted += len(lines)
+        else:
+            self.counts.dropped += len(lines)
+        return delivered
+
+    def _attempt(self, data: bytes, line_count: int) -> tuple[bool, BaseException | None, float]:
+        started = time.perf_counter()
+        exception = None
+        delivered = False
+        self._progress = 0
+        try:
+            if self.fd is None:
+                self._open()
+            delivered = self._write_all(data)
+            if not delivered:
+                exception = FifoFull(f"pipe full: {line_count} line(s) dropped")
+        except BrokenPipeError as exc:
+            self.counts.epipe += 1
+            exception = exc
+            self.close()  # the next attempt reopens, which waits for a new reader
+        except (FifoOpenTimeout, OSError) as exc:
+            exception = exc
+            self.close()
+        return delivered, exception, (time.perf_counter() - started) * 1000
+
+    def _write_all(self, data: bytes) -> bool:
+        """Write every byte, yielding to other greenlets while the pipe is full; False if dropped whole."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                self.counts.eagain += 1
+                if self.drop_when_full and len(view) == len(data):
+                    return False
+                # Park only this greenlet until the pipe has room (the hub polls the fd for us).
+                waited = time.perf_counter()
+                gevent.socket.wait_write(self.fd)
+                self.counts.blocked_s += time.perf_counter() - waited
+                continue
+            view = view[n:]
+            self._progress += n
+        return True

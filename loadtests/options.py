@@ -1,0 +1,71 @@
+"""The harness's Locust options, declared once; each has an environment variable and may sit in a config file."""
+
+from __future__ import annotations
+
+from reference.sizes import parse_size
+
+# Seconds the harness waits after the users stop for what was sent to land before it stops the collector.
+DRAIN_TIMEOUT_S = 30.0
+DEFAULT_COLLECTOR_CMD = "{python} -m reference.collector --fifo {fifo} --dsn {dsn} --stats-interval 5"
+
+
+def add_options(parser) -> None:
+    """Register every namedpiper option on Locust's parser (called from init_command_line_parser)."""
+
+    def option(name: str, **kwargs) -> None:
+        env = "NAMEDPIPER_" + name.lstrip("-").upper().replace("-", "_")
+        # Locust's own add_argument (not a group's) knows is_secret, which masks the DSN in the web UI.
+        parser.add_argument(name, env_var=env, **kwargs)
+
+    # Where and what to write.
+    option("--fifo", default="", help="FIFO to write; empty: a new one in a temporary folder")
+    option("--size-mix", default="small", help="size classes and weights of users, e.g. small:8,medium:1,pipe_buf:1")
+    option("--lines-per-write", type=int, default=0,
+           help="lines per write; 0 packs whole lines up to PIPE_BUF (4096 B); a larger line is one write")
+    option("--drop-when-full", action="store_true", default=False,
+           help="non-blocking writers: a write that finds the pipe full is dropped and counted (EAGAIN)")
+    option("--reopen-per-write", action="store_true", default=False,
+           help="open and close the FIFO around every write (writer churn)")
+    option("--seed", type=int, default=0, help="seed for reproducible events")
+    option("--account-bytes", action="store_true", default=False,
+           help="record the size of every line above PIPE_BUF so torn bytes can be accounted for")
+    # The system under test.
+    option("--dsn", default="", is_secret=True, help="PostgreSQL DSN; empty: embedded PostgreSQL (.namedpiper/)")
+    option("--collector-cmd", default=DEFAULT_COLLECTOR_CMD,
+           help="command that reads {fifo} into {dsn}; 'none' when a collector already reads the FIFO")
+    option("--pipe-size", type=int, default=0, help="pipe capacity the reference collector asks for; 0: default")
+    option("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S,
+           help="seconds to wait after the users stop for every sent line to land")
+    option("--report-dir", default="reports", help="folder for the verdict JSON and Locust's HTML report")
+    # Faults, at seconds from the start of the run (see scenarios/).
+    option("--pause-collector-at", type=float, default=-1, help="SIGSTOP the collector at this second")
+    option("--pause-collector-for", type=float, default=0, help="seconds the collector stays stopped")
+    option("--kill-collector-at", default="", help="SIGKILL and restart the collector at these seconds, e.g. 15,30")
+    option("--db-outage-at", type=float, default=-1, help="stop the embedded database at this second")
+    option("--db-outage-for", type=float, default=0, help="seconds the database stays down")
+    # Expectations: the run fails (non-zero exit code) when one does not hold. -1 means no limit.
+    option("--max-lost", type=int, default=0, help="lines sent but neither landed nor accounted for")
+    option("--max-duplicated", type=int, default=0, help="lines that landed more than once")
+    option("--max-torn", type=int, default=-1, help="rejected (torn or bad) lines at most")
+    option("--min-torn", type=int, default=0, help="rejected lines at least (scenarios that demonstrate tearing)")
+    option("--min-rows-per-s", type=float, default=0, help="rows per second end to end, at least")
+    option("--max-unaccounted-bytes", type=int, default=-1,
+           help="with --account-bytes: sent bytes neither landed nor rejected, at most")
+
+
+def parse_size_mix(text: str) -> list[tuple[str, int]]:
+    """'small:8,medium:1' -> [('small', 8), ('medium', 1)], with a clear error for anything else."""
+    mix = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition(":")
+        try:
+            parse_size(name)
+            value = int(weight) if weight else 1
+        except ValueError as exc:
+            raise ValueError(f"--size-mix {text!r}: {exc}") from None
+        if value < 1:
+            raise ValueError(f"--size-mix {text!r}: weight of {name} must be 1 or more")
+        mix.append((name.strip(), value))
+    if not mix:
+        raise ValueError("--size-mix is empty; give at least one size class, e.g. small")
+    return mix

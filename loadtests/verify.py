@@ -1,0 +1,134 @@
+"""Count, per source and with SQL alone, what landed, went missing, was duplicated, came out of order or tore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2
+
+# Per source: rows, distinct seqs, and rows out of order: committed in a later transaction than a row of
+# the same source with a higher seq. The heap order (ctid) is no arrival order (COPY fills free space
+# anywhere), but a collector's transactions are: xmin orders its batches.
+PER_SOURCE_SQL = """
+WITH run AS (
+    SELECT data->'_np'->>'src' AS src, (data->'_np'->>'seq')::bigint AS seq, xmin::text::bigint AS tx
+    FROM logs WHERE data->'_np'->>'run' = %(run)s
+), ordered AS (
+    SELECT src, seq, max(seq) OVER (PARTITION BY src ORDER BY tx
+                                    RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS seen_before
+    FROM run
+)
+SELECT src, count(*) AS rows, count(DISTINCT seq) AS distinct_seq,
+       count(*) FILTER (WHERE seq < seen_before) AS out_of_order, max(seq) AS max_seq
+FROM ordered GROUP BY src
+"""
+# Rejected lines received since the run started. Bookkeeping sits at the end of a line, so a torn piece
+# need not carry the run id: the time window is what ties a rejection to a run (runs must not overlap).
+REJECTED_SQL = """
+SELECT count(*) AS rows,
+       count(*) FILTER (WHERE reason LIKE 'fragment%%') AS fragments,
+       coalesce(sum(octet_length(raw)), 0) AS raw_bytes
+FROM logs_rejected WHERE received_at >= %(since)s
+"""
+LANDED_COUNT_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s"
+REJECTED_COUNT_SQL = "SELECT count(*) FROM logs_rejected WHERE received_at >= %(since)s"
+LANDED_SEQS_SQL = """
+SELECT data->'_np'->>'src', (data->'_np'->>'seq')::bigint FROM logs
+WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
+"""
+
+
+@dataclass
+class SourceResult:
+    """The verdict's numbers for one source (one Locust user)."""
+
+    source: str
+    generated: int
+    sent: int
+    dropped: int
+    interrupted: int
+    landed: int = 0
+    rows: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+
+    @property
+    def missing(self) -> int:
+        """Generated lines with no row."""
+        return max(0, self.generated - self.landed)
+
+
+def connect(dsn: str):
+    """A short-lived autocommit connection for the harness's own queries."""
+    conn = psycopg2.connect(dsn, connect_timeout=10, application_name="namedpiper-verify")
+    conn.autocommit = True
+    return conn
+
+
+def landed_count(dsn: str, run_id: str, since) -> tuple[int, int]:
+    """(rows of the run in logs, rejected lines since the run started): polled while draining."""
+    with connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(LANDED_COUNT_SQL, {"run": run_id})
+        landed = cur.fetchone()[0]
+        cur.execute(REJECTED_COUNT_SQL, {"since": since})
+        return landed, cur.fetchone()[0]
+
+
+def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[list[SourceResult], dict]:
+    """Compare what each source sent with what the database holds; return per-source results and totals."""
+    results = {
+        src: SourceResult(src, c["generated"], c["sent"], c["dropped"], c.get("interrupted", 0))
+        for src, c in counts.items()
+    }
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(PER_SOURCE_SQL, {"run": run_id})
+            for src, rows, distinct, out_of_order, _max_seq in cur.fetchall():
+                r = results.setdefault(src, SourceResult(src, 0, 0, 0, 0))
+                r.rows, r.landed, r.out_of_order = rows, distinct, out_of_order
+                r.duplicated = rows - distinct
+            cur.execute(REJECTED_SQL, {"since": since})
+            rejected, fragments, rejected_bytes = cur.fetchone()
+            landed_bytes = _landed_big_bytes(cur, run_id, counts)
+    finally:
+        conn.close()
+    ordered = sorted(results.values(), key=lambda r: r.source)
+    totals = {
+        "generated": sum(r.generated for r in ordered),
+        "sent": sum(r.sent for r in ordered),
+        "dropped": sum(r.dropped for r in ordered),
+        "interrupted": sum(r.interrupted for r in ordered),
+        "landed": sum(r.landed for r in ordered),
+        "duplicated": sum(r.duplicated for r in ordered),
+        "out_of_order": sum(r.out_of_order for r in ordered),
+        "missing": sum(r.missing for r in ordered),
+        "rejected": rejected,
+    }
+    # Lines that did not land are explained by drops, by writes the stop cut short, and by rejected lines
+    # (a torn pair of lines shows up as one to three rejected rows); what is left is lost.
+    unexplained = totals["missing"] - totals["dropped"] - totals["interrupted"]
+    totals["torn_or_rejected"] = rejected
+    totals["lost"] = max(0, unexplained - _lines_explained_by_rejections(rejected, unexplained))
+    big = [c for c in counts.values() if c.get("big_lines")]
+    if big:
+        sent_big = sum(length for c in big for _seq, length in c["big_lines"])
+        # A rejected line consumed its newline unless it was a fragment glued before a valid line.
+        totals["bytes_sent_big"] = sent_big
+        totals["bytes_accounted"] = landed_bytes + rejected_bytes + (rejected - fragments)
+        totals["unaccounted_bytes"] = sent_big - totals["bytes_accounted"]
+    return ordered, totals
+
+
+def _lines_explained_by_rejections(rejected: int, unexplained: int) -> int:
+    # Tearing merges or splits lines: each rejected row stands for at least one missing line and, when two
+    # writers interleave, for up to two. Without byte accounting this is the honest upper bound.
+    return min(unexplained, 2 * rejected)
+
+
+def _landed_big_bytes(cur, run_id: str, counts: dict[str, dict]) -> int:
+    sizes = {(src, seq): length for src, c in counts.items() for seq, length in c.get("big_lines", ())}
+    if not sizes:
+        return 0
+    cur.execute(LANDED_SEQS_SQL, {"run": run_id, "sources": sorted({src for src, _ in sizes})})
+    return sum(sizes.get((src, seq), 0) for src, seq in cur.fetchall())
