@@ -11,15 +11,15 @@ from pathlib import Path
 # Run from a checkout without `pip install -e .`: make the project importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locust import User, events, task  # noqa: E402
-from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+from locust import User, events, task
+from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 
-from loadtests.fifo_client import FifoClient, SourceCounts  # noqa: E402
-from loadtests.options import add_options, parse_size_mix  # noqa: E402
-from loadtests.run import Run  # noqa: E402
-from reference.events import EventFactory  # noqa: E402
-from reference.fifo import PIPE_BUF  # noqa: E402
-from reference.sizes import parse_size  # noqa: E402
+from loadtests.fifo_client import FifoClient, SourceCounts
+from loadtests.options import add_options, parse_size_mix
+from loadtests.run import Run
+from reference.events import EventFactory
+from reference.fifo import PIPE_BUF
+from reference.sizes import parse_size
 
 log = logging.getLogger("namedpiper")
 
@@ -46,10 +46,23 @@ def _on_init(environment, **_kw) -> None:
         environment.process_exit_code = 2
         raise SystemExit(2) from None
     if isinstance(environment.runner, WorkerRunner):
+        environment.runner.register_message("np_stop", _on_np_stop)
         return
     _run = Run(environment)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message("np_counts", _run.receive_counts)
+
+
+def _on_np_stop(environment, msg, **_kw) -> None:
+    """Worker: the master needs this worker's counters now (a headless quit does not stop workers first)."""
+    if environment.runner.state == STATE_STOPPED:
+        _send_counts(environment)
+    else:
+        environment.runner.stop()  # fires test_stop, which sends the counters
+
+
+def _send_counts(environment) -> None:
+    environment.runner.send_message("np_counts", {src: c.as_dict() for src, c in COUNTS.items()})
 
 
 @events.test_start.add_listener
@@ -63,12 +76,11 @@ def _on_test_start(environment, **_kw) -> None:
 def _on_test_stop(environment, **_kw) -> None:
     # A run that ends by --run-time kills users without waiting: let them finish their own bookkeeping.
     environment.runner.user_greenlets.join(timeout=USER_EXIT_WAIT_S)
-    counts = {src: c.as_dict() for src, c in COUNTS.items()}
     if isinstance(environment.runner, WorkerRunner):
-        # Sent before "client_stopped" on the same connection, so the master has it before its test_stop.
-        environment.runner.send_message("np_counts", counts)
+        _send_counts(environment)
     elif _run is not None:
-        _run.receive_counts_local(counts)
+        if not isinstance(environment.runner, MasterRunner):
+            _run.receive_counts_local({src: c.as_dict() for src, c in COUNTS.items()})
         _run.finish()
 
 
@@ -109,10 +121,9 @@ class FifoUser(User):
         lines = self.factory.lines(self.lines_per_write)
         # No yield point between generating and counting: a stop cannot catch lines in between.
         self.counts.generated += len(lines)
-        if self.record_big:
-            first = self.factory.seq - len(lines) + 1
+        first = self.factory.seq - len(lines) + 1
+        if self.client.write(lines, self.size_name) and self.record_big:
             self.counts.big_lines.extend((first + i, len(line)) for i, line in enumerate(lines)
                                          if len(line) > PIPE_BUF)
-        self.client.write(lines, self.size_name)
 
 

@@ -36,6 +36,8 @@ class SourceCounts:
     # Lines whose write was cut short (EPIPE or the end of the run after part of it was in the pipe).
     interrupted: int = 0
     bytes_sent: int = 0
+    # Bytes of interrupted writes that did reach the pipe (they come out as a fragment or a torn line).
+    partial_bytes: int = 0
     epipe: int = 0
     eagain: int = 0
     blocked_s: float = 0.0
@@ -102,10 +104,7 @@ class FifoClient:
         except gevent.GreenletExit:
             # The run is stopping while this write waits: a write cut in the middle leaves a fragment that
             # the collector rejects; one that never started is simply not sent.
-            if self._progress:
-                self.counts.interrupted += len(lines)
-            else:
-                self.counts.dropped += len(lines)
+            self._count_undelivered(len(lines))
             raise
         finally:
             if self.reopen_per_write:
@@ -113,11 +112,16 @@ class FifoClient:
         if delivered:
             self.counts.sent += len(lines)
             self.counts.bytes_sent += len(data)
-        elif self._progress:
-            self.counts.interrupted += len(lines)
         else:
-            self.counts.dropped += len(lines)
+            self._count_undelivered(len(lines))
         return delivered
+
+    def _count_undelivered(self, line_count: int) -> None:
+        if self._progress:
+            self.counts.interrupted += line_count
+            self.counts.partial_bytes += self._progress
+        else:
+            self.counts.dropped += line_count
 
     def _attempt(self, data: bytes, line_count: int) -> tuple[bool, BaseException | None, float]:
         started = time.perf_counter()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import gevent
+from locust.runners import MasterRunner
 
 from loadtests.database import Database
 from loadtests.lifecycle import SystemUnderTest
@@ -21,6 +22,8 @@ log = logging.getLogger("namedpiper")
 DRAIN_POLL_S = 0.25
 # ...and stops waiting once nothing new has landed for this long (torn lines never all land).
 DRAIN_QUIET_S = 3.0
+# Workers get this long to stop their users and send their counters to the master.
+WORKER_COUNTS_TIMEOUT_S = 30.0
 
 
 class Run:
@@ -75,6 +78,7 @@ class Run:
         if self.sut is None:
             return
         users_stopped = time.monotonic()
+        self._gather_worker_counts()
         counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
         sent = sum(c["sent"] for c in counts.values())
         landed_at = self._drain(sent)
@@ -97,11 +101,31 @@ class Run:
         verdict.failures = check(verdict, self.options)
         self.verdict = verdict
         report = write_report(verdict, self.run_dir)
-        print(render(verdict), flush=True)  # noqa: T201 - the verdict is the run's output
-        print(f"report: {report}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
-              f"WHERE data->'_np'->>'run' = '{self.run_id}')", flush=True)  # noqa: T201
+        _say(render(verdict))
+        _say(f"report: {report}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
+             f"WHERE data->'_np'->>'run' = '{self.run_id}')")
         self.environment.process_exit_code = 0 if verdict.passed else 1
         self.sut = None
+
+    def _gather_worker_counts(self) -> None:
+        """Master: make sure every worker stopped and sent its counters (ask those that did not)."""
+        runner = self.environment.runner
+        if not isinstance(runner, MasterRunner):
+            return
+        deadline = time.monotonic() + WORKER_COUNTS_TIMEOUT_S
+        asked = set()
+        while True:
+            missing = [c.id for c in runner.clients.all if c.id not in self.worker_counts]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                log.error("workers %s sent no counters within %s s; their lines count as lost", missing,
+                          WORKER_COUNTS_TIMEOUT_S)
+                return
+            for client_id in set(missing) - asked:
+                runner.send_message("np_stop", None, client_id)
+                asked.add(client_id)
+            gevent.sleep(DRAIN_POLL_S)
 
     def _drain(self, sent: int) -> float:
         """Wait until every sent line landed, nothing moved for DRAIN_QUIET_S, or the drain timeout; return when."""
@@ -126,6 +150,11 @@ class Run:
             self.database.close()
         if self.verdict is not None:
             self.environment.process_exit_code = 0 if self.verdict.passed else 1
+
+
+def _say(text: str) -> None:
+    """Print to stdout: the verdict is the run's output, read by people and by CI logs."""
+    print(text, flush=True)  # noqa: T201
 
 
 def _scenario_name(options) -> str:

@@ -71,16 +71,17 @@ def render(verdict: Verdict) -> str:
     t = verdict.totals
     lines = [
         f"namedpiper verdict: run {verdict.run_id} ({verdict.scenario}), {verdict.duration_s:.1f} s",
-        f"{'source':<14}{'generated':>11}{'sent':>11}{'dropped':>9}{'landed':>11}{'missing':>9}{'dup':>6}{'order':>7}",
+        f"{'source':<14}{'generated':>11}{'sent':>11}{'dropped':>9}{'landed':>11}{'missing':>9}{'dup':>6}{'order':>7}{'corrupt':>9}",
     ]
     for s in verdict.sources[:TABLE_SOURCES]:
         lines.append(f"{s.source:<14}{s.generated:>11}{s.sent:>11}{s.dropped:>9}{s.landed:>11}{s.missing:>9}"
-                     f"{s.duplicated:>6}{s.out_of_order:>7}")
+                     f"{s.duplicated:>6}{s.out_of_order:>7}{s.corrupt:>9}")
     if len(verdict.sources) > TABLE_SOURCES:
         lines.append(f"... {len(verdict.sources) - TABLE_SOURCES} more sources in the JSON report")
     lines.append(f"{'total':<14}{t['generated']:>11}{t['sent']:>11}{t['dropped']:>9}{t['landed']:>11}"
-                 f"{t['missing']:>9}{t['duplicated']:>6}{t['out_of_order']:>7}")
-    lines.append(f"lost {t['lost']}, duplicated {t['duplicated']}, torn or rejected {t['torn_or_rejected']}, "
+                 f"{t['missing']:>9}{t['duplicated']:>6}{t['out_of_order']:>7}{t['corrupt']:>9}")
+    lines.append(f"lost {t['lost']}, duplicated {t['duplicated']}, torn or rejected {t['torn_or_rejected']} "
+                 f"({t['rejected']} rejected lines, {t['corrupt']} corrupt rows that parsed), "
                  f"interrupted by the stop {t['interrupted']}")
     if "unaccounted_bytes" in t:
         lines.append(f"bytes above PIPE_BUF: sent {t['bytes_sent_big']}, landed or rejected {t['bytes_accounted']}, "

@@ -4,38 +4,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import psycopg2
 
 # Per source: rows, distinct seqs, and rows out of order: committed in a later transaction than a row of
 # the same source with a higher seq. The heap order (ctid) is no arrival order (COPY fills free space
 # anywhere), but a collector's transactions are: xmin orders its batches.
+# A row is intact when data._np.chk matches its content (see reference/events.py): a torn line that still
+# parsed as JSON fails here. Rows without a chk (written by something else) cannot be checked: intact.
+INTACT_SQL = """coalesce((left(trace_id, 6) || '-' || left(md5(concat_ws('|', application_name, environment_name,
+           log_event, file_path, host_ip, data->>'message')), 6)) = data->'_np'->>'chk', true)"""
 PER_SOURCE_SQL = """
 WITH run AS (
-    SELECT data->'_np'->>'src' AS src, (data->'_np'->>'seq')::bigint AS seq, xmin::text::bigint AS tx
+    SELECT data->'_np'->>'src' AS src, (data->'_np'->>'seq')::bigint AS seq, xmin::text::bigint AS tx,
+           {intact} AS intact
     FROM logs WHERE data->'_np'->>'run' = %(run)s
 ), ordered AS (
-    SELECT src, seq, max(seq) OVER (PARTITION BY src ORDER BY tx
-                                    RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS seen_before
+    SELECT src, seq, intact, max(seq) FILTER (WHERE intact) OVER (
+               PARTITION BY src ORDER BY tx RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS seen_before
     FROM run
 )
-SELECT src, count(*) AS rows, count(DISTINCT seq) AS distinct_seq,
-       count(*) FILTER (WHERE seq < seen_before) AS out_of_order, max(seq) AS max_seq
+SELECT src, count(*) FILTER (WHERE intact) AS rows, count(DISTINCT seq) FILTER (WHERE intact) AS distinct_seq,
+       count(*) FILTER (WHERE intact AND seq < seen_before) AS out_of_order,
+       count(*) FILTER (WHERE NOT intact) AS corrupt
 FROM ordered GROUP BY src
-"""
+""".replace("{intact}", INTACT_SQL)
 # Rejected lines received since the run started. Bookkeeping sits at the end of a line, so a torn piece
 # need not carry the run id: the time window is what ties a rejection to a run (runs must not overlap).
 REJECTED_SQL = """
 SELECT count(*) AS rows,
-       count(*) FILTER (WHERE reason LIKE 'fragment%%') AS fragments,
+       count(*) FILTER (WHERE reason LIKE 'fragment%%' OR reason LIKE 'unfinished%%') AS no_newline,
        coalesce(sum(octet_length(raw)), 0) AS raw_bytes
 FROM logs_rejected WHERE received_at >= %(since)s
 """
 LANDED_COUNT_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s"
 REJECTED_COUNT_SQL = "SELECT count(*) FROM logs_rejected WHERE received_at >= %(since)s"
 LANDED_SEQS_SQL = """
-SELECT data->'_np'->>'src', (data->'_np'->>'seq')::bigint FROM logs
-WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
-"""
+SELECT data->'_np'->>'src', (data->'_np'->>'seq')::bigint, {intact},
+       application_name, environment_name, log_event, trace_id, file_path, host_ip, data
+FROM logs WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
+""".replace("{intact}", INTACT_SQL)
+# The generator writes time as "2026-11-28T05:30:00.123456+00:00": 32 bytes in every line.
+TIME_TEXT_BYTES = 32
 
 
 @dataclass
@@ -51,6 +61,7 @@ class SourceResult:
     rows: int = 0
     duplicated: int = 0
     out_of_order: int = 0
+    corrupt: int = 0
 
     @property
     def missing(self) -> int:
@@ -84,12 +95,12 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
     try:
         with conn.cursor() as cur:
             cur.execute(PER_SOURCE_SQL, {"run": run_id})
-            for src, rows, distinct, out_of_order, _max_seq in cur.fetchall():
+            for src, rows, distinct, out_of_order, corrupt in cur.fetchall():
                 r = results.setdefault(src, SourceResult(src, 0, 0, 0, 0))
-                r.rows, r.landed, r.out_of_order = rows, distinct, out_of_order
+                r.rows, r.landed, r.out_of_order, r.corrupt = rows, distinct, out_of_order, corrupt
                 r.duplicated = rows - distinct
             cur.execute(REJECTED_SQL, {"since": since})
-            rejected, fragments, rejected_bytes = cur.fetchone()
+            rejected, no_newline, rejected_bytes = cur.fetchone()
             landed_bytes = _landed_big_bytes(cur, run_id, counts)
     finally:
         conn.close()
@@ -102,20 +113,24 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
         "landed": sum(r.landed for r in ordered),
         "duplicated": sum(r.duplicated for r in ordered),
         "out_of_order": sum(r.out_of_order for r in ordered),
+        "corrupt": sum(r.corrupt for r in ordered),
         "missing": sum(r.missing for r in ordered),
         "rejected": rejected,
     }
     # Lines that did not land are explained by drops, by writes the stop cut short, and by rejected lines
     # (a torn pair of lines shows up as one to three rejected rows); what is left is lost.
     unexplained = totals["missing"] - totals["dropped"] - totals["interrupted"]
-    totals["torn_or_rejected"] = rejected
-    totals["lost"] = max(0, unexplained - _lines_explained_by_rejections(rejected, unexplained))
+    torn = rejected + totals["corrupt"]
+    totals["torn_or_rejected"] = torn
+    totals["lost"] = max(0, unexplained - _lines_explained_by_rejections(torn, unexplained))
     big = [c for c in counts.values() if c.get("big_lines")]
     if big:
         sent_big = sum(length for c in big for _seq, length in c["big_lines"])
-        # A rejected line consumed its newline unless it was a fragment glued before a valid line.
+        sent_big += sum(c.get("partial_bytes", 0) for c in counts.values())
+        # A rejected line consumed its newline, unless it was a fragment glued before a valid line or the
+        # unfinished tail the collector held when it stopped.
         totals["bytes_sent_big"] = sent_big
-        totals["bytes_accounted"] = landed_bytes + rejected_bytes + (rejected - fragments)
+        totals["bytes_accounted"] = landed_bytes + rejected_bytes + (rejected - no_newline)
         totals["unaccounted_bytes"] = sent_big - totals["bytes_accounted"]
     return ordered, totals
 
@@ -127,8 +142,19 @@ def _lines_explained_by_rejections(rejected: int, unexplained: int) -> int:
 
 
 def _landed_big_bytes(cur, run_id: str, counts: dict[str, dict]) -> int:
+    """Bytes of the big lines that landed: recorded sizes for intact rows, re-encoded sizes for corrupt ones."""
     sizes = {(src, seq): length for src, c in counts.items() for seq, length in c.get("big_lines", ())}
     if not sizes:
         return 0
     cur.execute(LANDED_SEQS_SQL, {"run": run_id, "sources": sorted({src for src, _ in sizes})})
-    return sum(sizes.get((src, seq), 0) for src, seq in cur.fetchall())
+    total = 0
+    for src, seq, intact, *fields, data in cur.fetchall():
+        if intact:
+            total += sizes.get((src, seq), 0)
+        else:
+            # A corrupt row holds pieces of several lines; its bytes are what it parsed from. The generator
+            # writes compact JSON, so re-encoding gives the same length whatever order jsonb keeps keys in.
+            names = ("application_name", "environment_name", "log_event", "trace_id", "file_path", "host_ip")
+            event = {"time": "", **dict(zip(names, fields, strict=True)), "data": data}
+            total += len(orjson.dumps(event)) + TIME_TEXT_BYTES + 1
+    return total

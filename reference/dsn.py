@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+# Applied to the query alone, which has no leading "?": the first parameter starts at ^.
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])password=)[^&]*", re.IGNORECASE)
 MASK = "***"
 
 
@@ -22,13 +23,23 @@ def redact(dsn: str) -> str:
                 if password:
                     netloc = f"{user}:{MASK}@{host}"
         query = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
+        # Rebuilt by hand: urlunsplit drops the "//" of an empty host (postgresql:///db?host=/socket).
+        shown = f"{parts.scheme}://{netloc}{parts.path}"
+        if parts.query:
+            shown += f"?{query}"
+        if parts.fragment:
+            shown += f"#{parts.fragment}"
+        return shown
     return _KEYWORD_PASSWORD.sub(rf"\g<1>{MASK}", dsn)
 
 
 def scrub(text: str, dsn: str) -> str:
     """Remove the password of dsn from an arbitrary text such as an exception message."""
-    for pattern in (r"password\s*=\s*'?([^'\s]+)", r"://[^:/@]*:([^@]+)@"):
+    if "://" in dsn:
+        patterns = (r"[?&]password=([^&#]+)", r"://[^:/@]*:([^@]+)@")
+    else:
+        patterns = (r"password\s*=\s*'((?:[^'\\]|\\.)+)'", r"password\s*=\s*([^'\s]\S*)")
+    for pattern in patterns:
         match = re.search(pattern, dsn, re.IGNORECASE)
         if match and match.group(1):
             text = text.replace(match.group(1), MASK)

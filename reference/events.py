@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -25,6 +26,13 @@ TIME_FORMAT_LENGTH = len("2026-11-28T05:30:00.123456+00:00")
 MAX_SEQ_DIGITS = 12
 # Key under data that carries the harness's bookkeeping: run id, source (emitter) id and sequence number.
 BOOKKEEPING_KEY = "_np"
+# data._np.chk = "TTTTTT-SSSSSS": the first hex digits of the trace id, and of an md5 over the other text
+# fields and the message. A torn line that still parses as JSON (pieces of two lines whose cuts fall in
+# the same kind of text) fails this check in SQL, so it counts as torn, not as landed. 6 hex digits each:
+# a corrupt row passes by chance once in 16 million.
+CHECK_HEX = 6
+CHECK_LENGTH = 2 * CHECK_HEX + 1
+CHECKED_FIELDS = ("application_name", "environment_name", "log_event", "file_path", "host_ip")
 
 APPLICATIONS = ("WebApp", "LoadBalancer", "AuthService", "PaymentService", "Inventory", "Scheduler", "Search")
 ENVIRONMENTS = ("production", "production", "production", "staging", "development", "qa")
@@ -48,8 +56,20 @@ class Template:
     after_time: bytes  # up to the trace id value
     after_trace: bytes  # up to the padding
     padding: bytes  # message text, sized for a one-digit seq; its plain tail shrinks as seq grows
-    after_padding: bytes  # bookkeeping up to the seq value
+    before_check: bytes  # bookkeeping up to the check value
+    after_check: bytes  # up to the seq value
     tail: bytes  # closes the objects and ends the line
+    fields: str  # the text fields the content check covers, joined by "|", message excluded
+
+    def padding_for(self, digits: int) -> bytes:
+        """The message text for a seq of this many digits (the line keeps its exact length)."""
+        return self.padding[: len(self.padding) - digits + 1]
+
+    def content_sum(self, digits: int) -> bytes:
+        """The content half of data._np.chk: md5 over the text fields and the message, as SQL can recompute it."""
+        message = orjson.loads(b'"' + self.padding_for(digits) + b'"')
+        return hashlib.md5(f"{self.fields}|{message}".encode(), usedforsecurity=False).hexdigest()[
+            :CHECK_HEX].encode()
 
 
 def _traceback(fake: Faker) -> str:
@@ -125,19 +145,21 @@ def build_template(record: dict, size: int, run_id: str, source: str, seed: int)
         event = {"time": time_marker, **{k: record[k] for k in ("application_name", "environment_name",
                                                                    "log_event")}, "trace_id": trace_marker,
                  **{k: record[k] for k in ("file_path", "host_ip")},
-                 "data": {**data, "message": "\x01PAD\x01", BOOKKEEPING_KEY: {"run": run_id, "src": source,
-                                                                               "seq": 0}}}
+                 "data": {**data, "message": "\x01PAD\x01", BOOKKEEPING_KEY: {
+                     "run": run_id, "src": source, "chk": "\x01CHK\x01", "seq": 0}}}
         encoded = orjson.dumps(event)
         head, rest = encoded.split(orjson.dumps(time_marker)[1:-1], 1)
         after_time, rest = rest.split(orjson.dumps(trace_marker)[1:-1], 1)
         after_trace, rest = rest.split(b"\\u0001PAD\\u0001", 1)
-        after_padding, tail = rest.rsplit(b"0", 1)
+        before_check, rest = rest.split(b"\\u0001CHK\\u0001", 1)
+        after_check, tail = rest.rsplit(b"0", 1)
         fixed = len(head) + TIME_FORMAT_LENGTH + len(after_time) + 36 + len(after_trace)
-        fixed += len(after_padding) + 1 + len(tail) + 1  # one seq digit, the newline
+        fixed += len(before_check) + CHECK_LENGTH + len(after_check) + 1 + len(tail) + 1  # 1 seq digit, newline
         pad_length = size - fixed
         if pad_length >= MAX_SEQ_DIGITS:
-            return Template(head, after_time, after_trace, _padding(seed, pad_length), after_padding,
-                            tail + b"\n")
+            fields = "|".join(record[k] for k in CHECKED_FIELDS)
+            return Template(head, after_time, after_trace, _padding(seed, pad_length), before_check, after_check,
+                            tail + b"\n", fields)
     raise ValueError(f"an event line of {size} bytes is too small: this one needs {fixed + MAX_SEQ_DIGITS}")
 
 
@@ -162,6 +184,7 @@ class EventFactory:
             build_template(self._rng.choice(pool), self._rng.randint(size.low, size.high), run_id, source, seed)
             for _ in range(count)
         ]
+        self._parts: list[dict[int, tuple[bytes, bytes]]] = [{} for _ in self._templates]
         self._second = -1
         self._second_text = b""
 
@@ -185,12 +208,17 @@ class EventFactory:
     def line(self) -> bytes:
         """The next event as one encoded line, newline included."""
         self.seq += 1
-        t = self._templates[self._rng.randrange(len(self._templates))]
+        index = self._rng.randrange(len(self._templates))
+        t = self._templates[index]
         seq = b"%d" % self.seq
-        padding = t.padding[: len(t.padding) - len(seq) + 1]
+        trace = self._trace_id()
+        parts = self._parts[index].get(len(seq))
+        if parts is None:  # once per template and seq width: the md5 is not paid per line
+            parts = self._parts[index][len(seq)] = (
+                t.padding_for(len(seq)) + t.before_check, b"-" + t.content_sum(len(seq)) + t.after_check)
         return b"".join(
-            (t.head, self._time(), t.after_time, self._trace_id(), t.after_trace, padding, t.after_padding,
-             seq, t.tail)
+            (t.head, self._time(), t.after_time, trace, t.after_trace, parts[0], trace[:CHECK_HEX], parts[1], seq,
+             t.tail)
         )
 
     def lines(self, count: int) -> list[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,8 @@ KNOWN_FIELDS = frozenset(COLUMNS)
 # RFC 3339: date, "T" (or space), time, optional fraction, and a mandatory offset.
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+# \u0000 in encoded JSON is a NUL only when its backslash is not itself escaped ("\\u0000" is text).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 UTF8_BOM = b"\xef\xbb\xbf"
 # Where a glued line may restart: the opening of a JSON object.
@@ -52,6 +55,30 @@ def _decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     if not raw.strip():
         return "blank line"
     return f"invalid JSON: {exc}"
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _refuse_repeats(pairs: list[tuple[str, object]]) -> dict:
+    seen = set()
+    for key, _value in pairs:
+        if key in seen:
+            raise _Repeated(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """The first key repeated inside one JSON object of raw, or None (the slow, exact check)."""
+    try:
+        json.loads(raw, object_pairs_hook=_refuse_repeats)
+    except _Repeated as exc:
+        return str(exc.args[0])
+    except ValueError:
+        return None  # orjson accepted it; the standard library's stricter limits are not ours to enforce
+    return None
 
 
 def _copy_text(value: str) -> str:
@@ -94,14 +121,19 @@ def parse_event(raw: bytes) -> bytes:
         data_text = b"\\N"
     elif isinstance(data, dict):
         data_text = orjson.dumps(data)
-        if b"\\u0000" in data_text:
+        if b"\\u0000" in data_text and _ESCAPED_NUL.search(data_text):
             raise Invalid("field 'data' contains \\u0000; PostgreSQL jsonb cannot store it")
         data_text = data_text.replace(b"\\", b"\\\\")
     else:
         raise Invalid(f"field 'data' must be a JSON object or null, got a JSON {_type_name(data)}")
-    row = "\t".join(texts)
-    if _COPY_SPECIAL.search(row[len(when):].replace("\t", "")):
-        row = "\t".join(_copy_text(t) for t in texts)
+    # A compact line re-encodes to its own length; only a line that does not (whitespace, other escapes, or a
+    # repeated key, which orjson resolves silently to the last value) pays for the exact duplicate check.
+    if len(orjson.dumps(event)) != len(raw):
+        repeated = _repeated_key(raw)
+        if repeated is not None:
+            raise Invalid(f"key {repeated!r} appears twice in one object; keys must be unique (which value is meant?)")
+    # Checked per field: a tab inside a value must be escaped, and it looks like a separator once joined.
+    row = "\t".join(_copy_text(t) for t in texts)
     return row.encode() + b"\t" + data_text + b"\n"
 
 
