@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from reference.events import EventFactory
+from reference.events import EventFactory, filler_text, record_pool
 from reference.fifo import describe_kind
 from reference.fifo_writer import FifoWriter, WriterStats
 from reference.framing import PACK_TO_PIPE_BUF, frames
@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.writers == 1:
         results = [run_writer(configs[0])]
     else:
-        # fork: children inherit the faker pools built in the parent instead of building their own.
+        # fork: children inherit the faker pools built here once instead of building their own.
+        record_pool(args.seed)
+        filler_text(args.seed)
         ctx = multiprocessing.get_context("fork")
         queue = ctx.Queue()
         procs = [ctx.Process(target=_writer_process, args=(c, queue), daemon=True) for c in configs]

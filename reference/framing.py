@@ -14,9 +14,9 @@ def frames(lines: Iterable[bytes], lines_per_write: int = PACK_TO_PIPE_BUF, limi
            ) -> Iterator[list[bytes]]:
     """Yield lists of lines, one list per write.
 
-    With lines_per_write == 0, whole lines are packed while the write stays within limit; with N > 0, N lines
-    go into each write whatever their size. A line larger than limit always travels in a write of its own:
-    the kernel accepts it, but no longer promises that it arrives untorn.
+    With lines_per_write == 0, whole lines are packed while the write stays within limit, and a line larger
+    than limit travels in a write of its own (the kernel accepts it, but no longer promises that it arrives
+    untorn). With N > 0, N lines go into each write whatever their size.
     """
     batch: list[bytes] = []
     size = 0

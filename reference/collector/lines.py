@@ -31,10 +31,13 @@ class LineSplitter:
         oversized: list[Oversized] = []
         if self._oversized is not None:
             end = chunk.find(b"\n")
+            piece = chunk if end < 0 else chunk[:end]
+            self._oversized.length += len(piece)
+            room = REJECTED_PREFIX_BYTES - len(self._oversized.prefix)
+            if room > 0:  # keep the first bytes whatever the read boundaries were
+                self._oversized.prefix += piece[:room]
             if end < 0:
-                self._oversized.length += len(chunk)
                 return [], oversized
-            self._oversized.length += end
             self._oversized.complete = True
             oversized.append(self._oversized)
             self._oversized = None
