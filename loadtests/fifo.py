@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -14,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from locust import User, events, task
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 
-from loadtests.fifo_client import FifoClient, SourceCounts
+from loadtests.corpus import BadLine, CorpusError, load_corpus, select
+from loadtests.fifo_client import FifoClient, SourceCounts, WriteGate
 from loadtests.options import add_options, parse_size_mix
 from loadtests.run import Run
 from reference.events import EventFactory
@@ -27,6 +29,10 @@ log = logging.getLogger("namedpiper")
 USER_EXIT_WAIT_S = 5.0
 # Counters of the users in this process, by source; cumulative over a run, sent to the master at its end.
 COUNTS: dict[str, SourceCounts] = {}
+# With hostile input on, the users of this process share it: the 2 MiB bad line must not tear with their writes.
+GATE = WriteGate()
+# Locust request name of the bad lines' writes.
+HOSTILE_REQUEST = "hostile"
 _user_numbers = itertools.count()
 _run: Run | None = None
 
@@ -41,6 +47,7 @@ def _on_init(environment, **_kw) -> None:
     global _run
     try:
         parse_size_mix(environment.parsed_options.size_mix)
+        _hostile_lines(environment.parsed_options)
     except ValueError as exc:
         log.error("%s", exc)
         environment.process_exit_code = 2
@@ -51,6 +58,27 @@ def _on_init(environment, **_kw) -> None:
     _run = Run(environment)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message("np_counts", _run.receive_counts)
+
+
+def _hostile_lines(o) -> list[BadLine]:
+    """The corpus lines the users send with --hostile-every ([] when off); ValueError for a bad setting."""
+    if o.hostile_every < 0:
+        raise ValueError(f"--hostile-every {o.hostile_every}: give 0 (off) or a number of writes between bad lines")
+    if not o.hostile_every:
+        return []
+    if o.account_bytes:
+        raise ValueError("--hostile-every and --account-bytes do not mix: the bad lines' bytes would count as "
+                         "accounted bytes of torn lines; drop one of them")
+    try:
+        return _corpus(o.hostile_kinds)
+    except CorpusError as exc:
+        raise ValueError(f"--hostile-every: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus(kinds: str) -> list[BadLine]:
+    """The corpus, read once per process (its 2 MiB line is shared by the users)."""
+    return select(load_corpus(), kinds)
 
 
 def _on_np_stop(environment, msg, **_kw) -> None:
@@ -68,6 +96,7 @@ def _send_counts(environment) -> None:
 @events.test_start.add_listener
 def _on_test_start(environment, **_kw) -> None:
     COUNTS.clear()
+    GATE.reset()
     if _run is not None:
         _run.start()
 
@@ -108,8 +137,17 @@ class FifoUser(User):
         # Packing: as many whole lines as surely fit in PIPE_BUF; a larger line travels alone.
         self.lines_per_write = o.lines_per_write or max(1, PIPE_BUF // size.high)
         self.record_big = o.account_bytes and size.high > PIPE_BUF
+        self.size_high = size.high
+        # Hostile input: every --hostile-every writes, the next corpus line. Users start spread over the kinds,
+        # so a short run still sends every kind.
+        bad_lines = _hostile_lines(o)
+        self.bad_lines = None
+        if bad_lines:
+            start = number * len(bad_lines) // max(1, o.num_users or 1) % len(bad_lines)
+            self.bad_lines = itertools.islice(itertools.cycle(bad_lines), start, None)
+        self.writes = 0
         self.client = FifoClient(self.environment, o.np_fifo, self.counts, drop_when_full=o.drop_when_full,
-                                 reopen_per_write=o.reopen_per_write)
+                                 reopen_per_write=o.reopen_per_write, gate=GATE if bad_lines else None)
 
     def on_stop(self) -> None:
         """Close the write end."""
@@ -117,12 +155,25 @@ class FifoUser(User):
 
     @task
     def write_lines(self) -> None:
-        """Generate one write's worth of lines and write them."""
-        lines = self.factory.lines(self.lines_per_write)
+        """Generate one write's worth of lines and write them (or, every --hostile-every writes, a bad line)."""
+        glued = []
+        count = self.lines_per_write
+        if self.bad_lines is not None:
+            self.writes += 1
+            if self.writes % (self.environment.parsed_options.hostile_every + 1) == 0:
+                bad = next(self.bad_lines)
+                if not bad.glue:
+                    self.client.write([bad.raw + b"\n"], HOSTILE_REQUEST, bad=1)
+                    return
+                # A writer that stopped mid-line: its fragment and the next good lines go in one write, so
+                # the fragment glues onto a good line (and stays atomic below PIPE_BUF).
+                glued = [bad.raw]
+                count = max(1, min(count, (PIPE_BUF - len(bad.raw)) // self.size_high))
+        lines = self.factory.lines(count)
         # No yield point between generating and counting: a stop cannot catch lines in between.
         self.counts.generated += len(lines)
         first = self.factory.seq - len(lines) + 1
-        if self.client.write(lines, self.size_name) and self.record_big:
+        if self.client.write(glued + lines, self.size_name, bad=len(glued)) and self.record_big:
             self.counts.big_lines.extend((first + i, len(line)) for i, line in enumerate(lines)
                                          if len(line) > PIPE_BUF)
 

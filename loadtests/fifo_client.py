@@ -5,11 +5,17 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import gevent
+import gevent.event
+import gevent.lock
 import gevent.os
 import gevent.socket
+
+from reference.fifo import PIPE_BUF
 
 # Pause between non-blocking open attempts while the FIFO has no reader (ENXIO): short enough to start
 # writing within ~20 ms of the collector opening, long enough not to spin a core.
@@ -33,6 +39,9 @@ class SourceCounts:
     generated: int = 0
     sent: int = 0
     dropped: int = 0
+    # Hostile lines (scenarios/corpus/) that reached the pipe, whole or cut short by the stop: each comes out as
+    # exactly one rejected line. They are not in generated or sent, which count good lines only.
+    bad_sent: int = 0
     # Lines whose write was cut short (EPIPE or the end of the run after part of it was in the pipe).
     interrupted: int = 0
     bytes_sent: int = 0
@@ -49,25 +58,84 @@ class SourceCounts:
         return asdict(self)
 
 
+class WriteGate:
+    """Shared by the users of one process: ordinary writes run together, a write above PIPE_BUF runs alone.
+
+    A write above PIPE_BUF is not atomic: the writes of others would land between its pieces and glue onto
+    it. With the gate, the hostile over-limit line reaches the pipe in one piece (as far as this process goes),
+    so each bad line stays exactly one rejected line. A long write cut short by the stop leaves an unfinished
+    line in the pipe: the gate then stays shut, since anything written after it would be glued onto it.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Open the gate for a new run."""
+        self._open = gevent.event.Event()
+        self._open.set()
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self._active = 0
+        self._alone = gevent.lock.Semaphore()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Around a write of at most PIPE_BUF: waits while a long write runs."""
+        self._open.wait()
+        self._active += 1  # no yield between the wait and this: a long write cannot slip in between
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Around a write above PIPE_BUF: waits for the writes in flight, holds new ones back until done."""
+        with self._alone:
+            self._open.clear()
+            stopped = False
+            try:
+                self._idle.wait()
+                yield
+            except gevent.GreenletExit:
+                stopped = True  # the stop cut the write short: the gate stays shut, see the class docstring
+                raise
+            finally:
+                if not stopped:
+                    self._open.set()
+
+
 class FifoClient:
     """Write end of a FIFO for one Locust user; never blocks other greenlets, never raises out of a task."""
 
     def __init__(self, environment, path: str, counts: SourceCounts, *, drop_when_full: bool = False,
-                 reopen_per_write: bool = False) -> None:
+                 reopen_per_write: bool = False, gate: WriteGate | None = None) -> None:
         self.environment = environment
         self.path = path
         self.counts = counts
         self.drop_when_full = drop_when_full
         self.reopen_per_write = reopen_per_write
+        self.gate = gate
         self.fd: int | None = None
+        self._broken = False  # EPIPE seen: reopen before the next write, keeping this fd meanwhile
         self._progress = 0
 
     def _open(self) -> None:
-        """Open with O_NONBLOCK, retrying ENXIO (no reader yet) with a cooperative sleep."""
+        """Open with O_NONBLOCK, retrying ENXIO (no reader yet) with a cooperative sleep.
+
+        After EPIPE the old descriptor stays open until the new one is there: while any write end is open,
+        the kernel keeps the bytes the dead reader left in the pipe, and the next reader gets them.
+        """
         deadline = time.monotonic() + OPEN_TIMEOUT_S
         while True:
             try:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self.close()
+                self.fd, self._broken = fd, False
                 return
             except OSError as exc:
                 if exc.errno not in (errno.ENXIO, errno.ENOENT) or time.monotonic() >= deadline:
@@ -84,42 +152,48 @@ class FifoClient:
             os.close(self.fd)
             self.fd = None
 
-    def write(self, lines: list[bytes], name: str) -> bool:
+    def write(self, lines: list[bytes], name: str, *, bad: int = 0) -> bool:
         """Write lines as one write and fire one Locust request per attempt; True when they are in the pipe.
 
         A blocking-mode user that meets EPIPE (no reader) reports it, waits for a reader and sends the same
-        lines again, so nothing is lost; a drop-mode user counts them as dropped.
+        lines again, so nothing is lost; a drop-mode user counts them as dropped. The first `bad` lines are
+        hostile input: counted as bad_sent, never as sent, dropped or interrupted.
         """
         data = b"".join(lines)
+        self._progress = 0  # a stop while waiting at the gate finds nothing of this write in the pipe
+        gate = nullcontext() if self.gate is None else self.gate.alone() if len(data) > PIPE_BUF else self.gate.shared()
         try:
-            while True:
-                delivered, exception, elapsed_ms = self._attempt(data, len(lines))
-                self.environment.events.request.fire(
-                    request_type="fifo", name=name, response_time=elapsed_ms,
-                    response_length=len(data) if delivered else 0, exception=exception,
-                    context={"lines": len(lines)},
-                )
-                if delivered or self.drop_when_full:
-                    break
+            with gate:
+                while True:
+                    delivered, exception, elapsed_ms = self._attempt(data, len(lines) - bad)
+                    self.environment.events.request.fire(
+                        request_type="fifo", name=name, response_time=elapsed_ms,
+                        response_length=len(data) if delivered else 0, exception=exception,
+                        context={"lines": len(lines)},
+                    )
+                    if delivered or self.drop_when_full:
+                        break
         except gevent.GreenletExit:
             # The run is stopping while this write waits: a write cut in the middle leaves a fragment that
             # the collector rejects; one that never started is simply not sent.
-            self._count_undelivered(len(lines))
+            self._count_undelivered(len(lines) - bad, bad)
             raise
         finally:
             if self.reopen_per_write:
                 self.close()
         if delivered:
-            self.counts.sent += len(lines)
+            self.counts.sent += len(lines) - bad
+            self.counts.bad_sent += bad
             self.counts.bytes_sent += len(data)
         else:
-            self._count_undelivered(len(lines))
+            self._count_undelivered(len(lines) - bad, bad)
         return delivered
 
-    def _count_undelivered(self, line_count: int) -> None:
+    def _count_undelivered(self, line_count: int, bad: int = 0) -> None:
         if self._progress:
             self.counts.interrupted += line_count
             self.counts.partial_bytes += self._progress
+            self.counts.bad_sent += bad  # a bad line cut short is still one rejected (unfinished) line
         else:
             self.counts.dropped += line_count
 
@@ -129,7 +203,7 @@ class FifoClient:
         delivered = False
         self._progress = 0
         try:
-            if self.fd is None:
+            if self.fd is None or self._broken:
                 self._open()
             delivered = self._write_all(data)
             if not delivered:
@@ -137,7 +211,7 @@ class FifoClient:
         except BrokenPipeError as exc:
             self.counts.epipe += 1
             exception = exc
-            self.close()  # the next attempt reopens, which waits for a new reader
+            self._broken = True  # the next attempt reopens, which waits for a new reader
         except (FifoOpenTimeout, OSError) as exc:
             exception = exc
             self.close()

@@ -48,12 +48,15 @@ class CollectorProcess:
     """The collector as a subprocess built from a command template with {fifo}, {dsn} and {python}."""
 
     def __init__(self, template: str, fifo: str, dsn: str, log_path: Path) -> None:
-        self.argv = [part.format(fifo=fifo, dsn=dsn, python=sys.executable) for part in shlex.split(template)]
+        journal = str(log_path.parent / "journal")
+        self.argv = [part.format(fifo=fifo, dsn=dsn, python=sys.executable, journal=journal)
+                     for part in shlex.split(template)]
         self.shown = " ".join(shlex.quote(redact(a)) for a in self.argv)
         self.fifo = fifo
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.peak_rss_kib = 0  # the largest VmHWM of any collector process of this run
 
     def start(self) -> None:
         """Start the collector and wait until it reads the FIFO."""
@@ -80,8 +83,19 @@ class CollectorProcess:
         if self.pid is not None:
             os.kill(self.pid, signum)
 
+    def _note_peak_rss(self) -> None:
+        """Remember the collector's peak resident memory (VmHWM) before it exits."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except (OSError, TypeError):
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+
     def kill_and_restart(self) -> None:
         """SIGKILL the collector (a crash), then start a new one on the same FIFO."""
+        self._note_peak_rss()
         self.signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait()
@@ -93,6 +107,7 @@ class CollectorProcess:
         """SIGTERM, wait for the drain and flush, SIGKILL after COLLECTOR_STOP_TIMEOUT_S; return the status."""
         if self.proc is None:
             return None
+        self._note_peak_rss()
         self.signal(signal.SIGCONT)  # a paused collector cannot honour SIGTERM
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + COLLECTOR_STOP_TIMEOUT_S
@@ -121,6 +136,7 @@ class SystemUnderTest:
         self.collector: CollectorProcess | None = None
         self._faults: list[gevent.Greenlet] = []
         self.fault_log: list[str] = []
+        self.database_back_at: float | None = None
 
     def start(self) -> None:
         """Create the FIFO and start the collector (unless an external one reads it)."""
@@ -142,6 +158,8 @@ class SystemUnderTest:
             self._at(started, o.pause_collector_at, self._pause, o.pause_collector_for)
         for second in filter(None, (s.strip() for s in o.kill_collector_at.split(","))):
             self._at(started, float(second), self._kill)
+        if o.restart_collector_at >= 0:
+            self._at(started, o.restart_collector_at, self._restart, o.restart_gap)
         if o.db_outage_at >= 0 and o.db_outage_for > 0:
             self._at(started, o.db_outage_at, self._outage, o.db_outage_for)
 
@@ -167,6 +185,16 @@ class SystemUnderTest:
         self._note("collector killed (SIGKILL) and restarted")
         self.collector.kill_and_restart()
 
+    def _restart(self, gap: float) -> None:
+        if self.collector is None:
+            return
+        status = self.collector.stop()
+        self._note(f"collector stopped (SIGTERM, exit {status}); no reader for {gap} s")
+        gevent.sleep(gap)
+        self.collector.restarts += 1
+        self.collector.start()
+        self._note("collector started again")
+
     def _outage(self, seconds: float) -> None:
         if self.database.embedded is None:
             self._note("database outage skipped: only the embedded database can be stopped by the harness")
@@ -175,6 +203,7 @@ class SystemUnderTest:
         self.database.embedded.stop()
         gevent.sleep(seconds)
         self.database.start()
+        self.database_back_at = time.monotonic()
         self._note("database started again")
 
     def stop(self) -> int | None:

@@ -6,6 +6,7 @@ from reference.sizes import parse_size
 
 # Seconds the harness waits after the users stop for what was sent to land before it stops the collector.
 DRAIN_TIMEOUT_S = 30.0
+# Placeholders: {python} this interpreter, {fifo}, {dsn}, {journal} a folder in the run's report folder.
 DEFAULT_COLLECTOR_CMD = "{python} -m reference.collector --fifo {fifo} --dsn {dsn} --stats-interval 5"
 
 
@@ -29,10 +30,14 @@ def add_options(parser) -> None:
     option("--seed", type=int, default=0, help="seed for reproducible events")
     option("--account-bytes", action="store_true", default=False,
            help="record the size of every line above PIPE_BUF so torn bytes can be accounted for")
+    option("--hostile-every", type=int, default=0,
+           help="after every N writes, each user writes the next bad line of scenarios/corpus/; 0: off")
+    option("--hostile-kinds", default="", help="comma-separated corpus kinds --hostile-every sends; empty: all")
     # The system under test.
     option("--dsn", default="", is_secret=True, help="PostgreSQL DSN; empty: embedded PostgreSQL (.namedpiper/)")
     option("--collector-cmd", default=DEFAULT_COLLECTOR_CMD,
-           help="command that reads {fifo} into {dsn}; 'none' when a collector already reads the FIFO")
+           help="command that reads {fifo} into {dsn} ({journal}: a folder for it; {python}: this python); "
+                "'none' when a collector already reads the FIFO")
     option("--pipe-size", type=int, default=0, help="pipe capacity the reference collector asks for; 0: default")
     option("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S,
            help="seconds to wait after the users stop for every sent line to land")
@@ -41,16 +46,27 @@ def add_options(parser) -> None:
     option("--pause-collector-at", type=float, default=-1, help="SIGSTOP the collector at this second")
     option("--pause-collector-for", type=float, default=0, help="seconds the collector stays stopped")
     option("--kill-collector-at", default="", help="SIGKILL and restart the collector at these seconds, e.g. 15,30")
+    option("--restart-collector-at", type=float, default=-1,
+           help="stop the collector (SIGTERM) at this second and start it again after --restart-gap")
+    option("--restart-gap", type=float, default=3, help="seconds with no reader during --restart-collector-at")
     option("--db-outage-at", type=float, default=-1, help="stop the embedded database at this second")
     option("--db-outage-for", type=float, default=0, help="seconds the database stays down")
     # Expectations: the run fails (non-zero exit code) when one does not hold. -1 means no limit.
     option("--max-lost", type=int, default=0, help="lines sent but neither landed nor accounted for")
     option("--max-duplicated", type=int, default=0, help="lines that landed more than once")
-    option("--max-torn", type=int, default=-1, help="rejected (torn or bad) lines at most")
+    option("--max-torn", type=int, default=-1,
+           help="rejected (torn or bad) lines at most, not counting the bad lines --hostile-every sent")
     option("--min-torn", type=int, default=0, help="rejected lines at least (scenarios that demonstrate tearing)")
     option("--min-rows-per-s", type=float, default=0, help="rows per second end to end, at least")
+    option("--max-collector-rss-mib", type=float, default=-1,
+           help="the collector's peak resident memory (VmHWM), at most")
     option("--max-unaccounted-bytes", type=int, default=-1,
            help="with --account-bytes: sent bytes neither landed nor rejected, at most")
+    # None: 0 with --hostile-every (every rejection is a bad line sent, every bad line is rejected), else no limit.
+    option("--max-unexplained-rejections", type=int, default=None,
+           help="rejected lines beyond the bad lines sent; default 0 with --hostile-every, else no limit")
+    option("--max-bad-accepted", type=int, default=None,
+           help="bad lines sent that no rejection accounts for; default 0 with --hostile-every, else no limit")
 
 
 def parse_size_mix(text: str) -> list[tuple[str, int]]:

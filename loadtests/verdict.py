@@ -26,6 +26,7 @@ class Verdict:
     duration_s: float
     faults: list[str] = field(default_factory=list)
     collector_exit: int | None = None
+    collector_peak_rss_mib: float | None = None
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -59,8 +60,16 @@ def check(verdict: Verdict, options) -> list[str]:
         failures.append(f"min_rows_per_s: {verdict.rows_per_s:.0f} rows/s < {options.min_rows_per_s:.0f} expected")
     if "unaccounted_bytes" in t:
         limit("max_unaccounted_bytes", abs(t["unaccounted_bytes"]), options.max_unaccounted_bytes)
+    hostile_default = 0 if options.hostile_every > 0 else -1
+    for name in ("unexplained_rejections", "bad_accepted"):
+        most = getattr(options, f"max_{name}")
+        limit(f"max_{name}", t[name], hostile_default if most is None else most)
+    if options.hostile_every > 0 and t["bad_sent"] == 0:
+        failures.append("hostile input: no bad line was sent (is the run too short for --hostile-every?)")
     if t["sent"] == 0:
         failures.append("nothing was sent: no user wrote a line (is the run too short, or the FIFO unreadable?)")
+    if verdict.collector_peak_rss_mib is not None:
+        limit("max_collector_rss_mib", verdict.collector_peak_rss_mib, options.max_collector_rss_mib)
     if verdict.collector_exit not in (None, 0):
         failures.append(f"the collector exited with status {verdict.collector_exit} (expected 0 after SIGTERM)")
     return failures
@@ -80,9 +89,14 @@ def render(verdict: Verdict) -> str:
         lines.append(f"... {len(verdict.sources) - TABLE_SOURCES} more sources in the JSON report")
     lines.append(f"{'total':<14}{t['generated']:>11}{t['sent']:>11}{t['dropped']:>9}{t['landed']:>11}"
                  f"{t['missing']:>9}{t['duplicated']:>6}{t['out_of_order']:>7}{t['corrupt']:>9}")
+    rejected = (f"{t['unexplained_rejections']} rejected lines besides the bad ones" if t["bad_sent"]
+                else f"{t['rejected']} rejected lines")
     lines.append(f"lost {t['lost']}, duplicated {t['duplicated']}, torn or rejected {t['torn_or_rejected']} "
-                 f"({t['rejected']} rejected lines, {t['corrupt']} corrupt rows that parsed), "
+                 f"({rejected}, {t['corrupt']} corrupt rows that parsed), "
                  f"interrupted by the stop {t['interrupted']}")
+    if t["bad_sent"]:
+        lines.append(f"hostile input: {t['bad_sent']} bad lines sent, {t['rejected']} lines rejected; unexplained "
+                     f"rejections {t['unexplained_rejections']}, bad lines not rejected {t['bad_accepted']}")
     if "unaccounted_bytes" in t:
         lines.append(f"bytes above PIPE_BUF: sent {t['bytes_sent_big']}, landed or rejected {t['bytes_accounted']}, "
                      f"unaccounted {t['unaccounted_bytes']}")
@@ -90,6 +104,8 @@ def render(verdict: Verdict) -> str:
     lines.append(f"write latency p50 {lat.get('p50', 0):.1f} ms, p99 {lat.get('p99', 0):.1f} ms, max "
                  f"{lat.get('max', 0):.1f} ms; blocked {lat.get('blocked_s', 0):.2f} s in total")
     lines.append(f"throughput: {verdict.lines_per_s:.0f} lines/s written, {verdict.rows_per_s:.0f} rows/s end to end")
+    if verdict.collector_peak_rss_mib is not None:
+        lines.append(f"collector peak RSS {verdict.collector_peak_rss_mib} MiB")
     lines.extend(f"fault: {f}" for f in verdict.faults)
     if verdict.passed:
         lines.append("PASS: every expectation holds")

@@ -57,6 +57,7 @@ class SourceResult:
     sent: int
     dropped: int
     interrupted: int
+    bad_sent: int = 0
     landed: int = 0
     rows: int = 0
     duplicated: int = 0
@@ -88,7 +89,7 @@ def landed_count(dsn: str, run_id: str, since) -> tuple[int, int]:
 def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[list[SourceResult], dict]:
     """Compare what each source sent with what the database holds; return per-source results and totals."""
     results = {
-        src: SourceResult(src, c["generated"], c["sent"], c["dropped"], c.get("interrupted", 0))
+        src: SourceResult(src, c["generated"], c["sent"], c["dropped"], c.get("interrupted", 0), c.get("bad_sent", 0))
         for src, c in counts.items()
     }
     conn = connect(dsn)
@@ -116,11 +117,15 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
         "corrupt": sum(r.corrupt for r in ordered),
         "missing": sum(r.missing for r in ordered),
         "rejected": rejected,
+        "bad_sent": sum(r.bad_sent for r in ordered),
     }
+    # Each hostile line sent on purpose is one rejected line: those explain no missing good line.
+    totals["unexplained_rejections"] = max(0, rejected - totals["bad_sent"])
+    totals["bad_accepted"] = max(0, totals["bad_sent"] - rejected)
     # Lines that did not land are explained by drops, by writes the stop cut short, and by rejected lines
     # (a torn pair of lines shows up as one to three rejected rows); what is left is lost.
     unexplained = totals["missing"] - totals["dropped"] - totals["interrupted"]
-    torn = rejected + totals["corrupt"]
+    torn = totals["unexplained_rejections"] + totals["corrupt"]
     totals["torn_or_rejected"] = torn
     totals["lost"] = max(0, unexplained - _lines_explained_by_rejections(torn, unexplained))
     big = [c for c in counts.values() if c.get("big_lines")]

@@ -20,3 +20,11 @@ CREATE TABLE IF NOT EXISTS logs_rejected (
     reason              TEXT              NOT NULL,
     raw                 BYTEA             NOT NULL
 );
+
+-- How far a collector's journal is committed: rows and this offset change in one transaction, so after a
+-- crash the collector replays exactly the bytes whose rows are not in the database (exactly-once).
+CREATE TABLE IF NOT EXISTS np_collector_offsets (
+    journal_id          TEXT              PRIMARY KEY,
+    committed           BIGINT            NOT NULL,
+    updated_at          TIMESTAMPTZ       NOT NULL DEFAULT now()
+);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -18,6 +19,11 @@ log = logging.getLogger(__name__)
 
 COPY_SQL = f"COPY logs ({', '.join(COLUMNS)}) FROM STDIN"
 INSERT_REJECTED_SQL = "INSERT INTO logs_rejected (reason, raw) VALUES %s"
+SAVE_OFFSET_SQL = """
+INSERT INTO np_collector_offsets (journal_id, committed) VALUES (%s, %s)
+ON CONFLICT (journal_id) DO UPDATE SET committed = EXCLUDED.committed, updated_at = now()
+"""
+COMMITTED_SQL = "SELECT committed FROM np_collector_offsets WHERE journal_id = %s"
 # Reconnect backoff: quick first retries for a restart, capped so an outage costs one attempt per 5 s.
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
@@ -34,6 +40,8 @@ class Batch:
     raws: list[bytes] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     bytes: int = 0
+    # With a journal: the stream offset just past the last line in this batch, committed with its rows.
+    end_offset: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.rejections)
@@ -47,19 +55,35 @@ class LoadResult:
     rejected: int
 
 
+class Abandoned(Exception):
+    """The collector is stopping while the database is unreachable; the caller gives up this batch."""
+
+
+def never() -> bool:
+    """Default give-up test: keep trying."""
+    return False
+
+
 class Loader:
     """Owns the database connection: applies the schema, commits batches, survives server restarts."""
 
-    def __init__(self, dsn: str, *, apply_schema_at_start: bool = True) -> None:
+    def __init__(self, dsn: str, *, apply_schema_at_start: bool = True, journal_id: str | None = None) -> None:
         self.dsn = dsn
         self.apply_schema_at_start = apply_schema_at_start
+        self.journal_id = journal_id
         self.conn = None
+        self._reconnected = False
 
-    def connect(self) -> None:
-        """Connect, retrying with capped exponential backoff and one log line per state change."""
+    def connect(self, give_up: Callable[[], bool] = never) -> None:
+        """Connect, retrying with capped exponential backoff and one log line per state change.
+
+        Raises Abandoned when give_up() turns true while the database is unreachable.
+        """
         delay = RETRY_FIRST_S
         failing_since = None
         while True:
+            if failing_since is not None and give_up():
+                raise Abandoned
             try:
                 self.conn = psycopg2.connect(self.dsn, connect_timeout=10,
                                              application_name="namedpiper-collector")
@@ -68,12 +92,17 @@ class Loader:
                 if failing_since is not None:
                     log.warning("database reachable again after %.1f s", time.monotonic() - failing_since)
                 return
+            except psycopg2.ProgrammingError as exc:
+                # Wrong database name, missing privileges, a broken schema: retrying will not help.
+                raise RuntimeError(f"cannot use {redact(self.dsn)}: {scrub(str(exc).strip(), self.dsn)}") from exc
             except psycopg2.OperationalError as exc:
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning("database unreachable at %s: %s; retrying every %.1f-%.1f s", redact(self.dsn),
                                 scrub(str(exc).strip().splitlines()[0], self.dsn), RETRY_FIRST_S, RETRY_MAX_S)
-                time.sleep(delay)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline and not give_up():
+                    time.sleep(min(RETRY_FIRST_S, delay))
                 delay = min(delay * 2, RETRY_MAX_S)
 
     def close(self) -> None:
@@ -82,18 +111,37 @@ class Loader:
             self.conn.close()
             self.conn = None
 
-    def load(self, batch: Batch) -> LoadResult:
+    def committed_offset(self) -> int:
+        """The journal offset whose rows are all committed (0 for a journal the database has not seen)."""
+        with self.conn.cursor() as cur:
+            cur.execute(COMMITTED_SQL, (self.journal_id,))
+            row = cur.fetchone()
+        self.conn.rollback()
+        return row[0] if row else 0
+
+    def load(self, batch: Batch, give_up: Callable[[], bool] = never) -> LoadResult:
         """Commit every good row and every rejection of batch, whatever the server says about single rows."""
         while True:
             if self.conn is None or self.conn.closed:
-                self.connect()
+                self.connect(give_up)
             try:
+                if self._reconnected and self._already_committed(batch):
+                    # The connection broke during a COMMIT that did go through: loading again would duplicate.
+                    log.warning("batch up to offset %d was committed before the connection broke; not loading "
+                                "it twice", batch.end_offset)
+                    self._reconnected = False
+                    return LoadResult(rows=0, rejected=0)
+                self._reconnected = False
                 return self._load_once(batch)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 log.warning("database connection lost while loading (%s); reconnecting",
                             scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                                   self.dsn))
                 self.close()
+                self._reconnected = True
+
+    def _already_committed(self, batch: Batch) -> bool:
+        return batch.end_offset is not None and self.committed_offset() >= batch.end_offset
 
     def _load_once(self, batch: Batch) -> LoadResult:
         rejections = list(batch.rejections)
@@ -103,6 +151,8 @@ class Loader:
             if rejections:
                 psycopg2.extras.execute_values(
                     cur, INSERT_REJECTED_SQL, [(r.reason, psycopg2.Binary(r.raw)) for r in rejections])
+            if batch.end_offset is not None:
+                cur.execute(SAVE_OFFSET_SQL, (self.journal_id, batch.end_offset))
         self.conn.commit()
         return LoadResult(rows=len(batch.rows) - (len(rejections) - len(batch.rejections)),
                           rejected=len(rejections))

@@ -43,9 +43,13 @@ class FifoReader:
             granted = set_pipe_size(self.fd, ceiling)
         log.info("pipe capacity set to %d bytes", granted)
 
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for data; True when some is there."""
+        return bool(self._poller.poll(max(0, int(timeout_s * 1000))))
+
     def read(self, timeout_s: float) -> bytes:
         """Wait up to timeout_s for data and return what is there (b"" when nothing came)."""
-        if not self._poller.poll(max(0, int(timeout_s * 1000))):
+        if not self.wait(timeout_s):
             return b""
         try:
             return os.read(self.fd, READ_CHUNK_BYTES)

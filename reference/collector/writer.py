@@ -7,7 +7,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from reference.collector.loader import Batch, Loader
+from reference.collector.loader import Abandoned, Batch, Loader
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +27,29 @@ class WriterCounters:
 
 
 class BatchWriter:
-    """Runs Loader.load in a thread; the first error it meets is re-raised in the producer's next call."""
+    """Runs Loader.load in a thread; the first error it meets is re-raised in the producer's next call.
 
-    def __init__(self, loader: Loader) -> None:
+    With a journal, a batch the database cannot take at shutdown may be abandoned: its bytes stay in the
+    journal and are loaded at the next start. Without one, the writer keeps trying, since giving up would
+    lose lines.
+    """
+
+    def __init__(self, loader: Loader, *, journaled: bool) -> None:
         self.loader = loader
+        self.journaled = journaled
         self.counters = WriterCounters()
+        self.committed: int | None = None  # journal offset committed so far, known once connected
+        self.connected = threading.Event()
+        self.stopping = False
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def has_room(self) -> bool:
+        """True when a batch can be queued without waiting."""
+        return not self._queue.full()
 
     def submit(self, batch: Batch) -> None:
         """Queue batch for loading; blocks while the queue is full (back-pressure on the reader)."""
@@ -46,9 +60,12 @@ class BatchWriter:
                 return
             except queue.Full:
                 self._raise_if_failed()
+                if not self._thread.is_alive():
+                    return  # abandoned at shutdown: the journal keeps the bytes
 
     def close(self) -> None:
-        """Load everything queued, stop the thread, and re-raise its error if it had one."""
+        """Load everything queued (or abandon it to the journal when stopping with no database), then stop."""
+        self.stopping = True
         while self._thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=0.5)
@@ -67,16 +84,33 @@ class BatchWriter:
         if self._error is not None:
             raise RuntimeError(f"the database writer stopped: {self._error}") from self._error
 
+    def _nothing_queued(self) -> bool:
+        with self._queue.mutex:
+            return all(item is _STOP for item in self._queue.queue)
+
+    def _give_up(self) -> bool:
+        return self.stopping and self.journaled
+
     def _run(self) -> None:
         try:
+            # Before the first load only queued batches can be lost: give up only if none (or all journaled).
+            self.loader.connect(give_up=lambda: self.stopping and (self.journaled or self._nothing_queued()))
+            if self.journaled:
+                self.committed = self.loader.committed_offset()
+            self.connected.set()
             while True:
                 batch = self._queue.get()
                 if batch is _STOP:
                     return
-                result = self.loader.load(batch)
+                result = self.loader.load(batch, give_up=self._give_up)
                 self.counters.rows_written += result.rows
                 self.counters.rejected += result.rejected
                 self.counters.batches += 1
+                if batch.end_offset is not None:
+                    self.committed = batch.end_offset
+        except Abandoned:
+            log.warning("stopping while the database is unreachable: uncommitted lines stay in the journal"
+                        if self.journaled else "stopping before the database answered; nothing was loaded")
         except BaseException as exc:
             log.exception("database writer failed")
             self._error = exc

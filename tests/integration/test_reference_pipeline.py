@@ -292,8 +292,6 @@ class TestSigtermDrains:
                "rejected=0" in text, text
 
 
-    @pytest.mark.xfail(strict=True, reason="Loader.connect (reference/collector/loader.py) retries until the "
-                       "database answers and never looks at the stop request, so SIGTERM is ignored meanwhile")
     def test_sigterm_stops_a_collector_waiting_for_its_database(self, tmp_path, fifo_path, collector):
         """SIGTERM ends a collector that is still waiting for an unreachable database within a few seconds."""
         nowhere = psycopg2.extensions.make_dsn(host=str(tmp_path / "no-server"), dbname="np", user="np")
