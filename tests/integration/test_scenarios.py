@@ -136,3 +136,49 @@ def test_a_bad_size_mix_is_refused_with_a_clear_message(bad, dsn, tmp_path):
                            "--report-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "--size-mix" in proc.stderr + proc.stdout
+
+
+class TestWebUI:
+    def test_each_start_and_stop_in_the_web_ui_is_one_run(self, dsn, tmp_path):
+        """Two start/stop cycles through Locust's web API give two runs, each with its own passing verdict."""
+        import socket
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        locust = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NAMEDPIPER_")}
+        out = (tmp_path / "locust.log").open("w")
+        proc = subprocess.Popen([locust, "-f", "loadtests/fifo.py", "--web-host", "127.0.0.1", "--web-port", str(port),
+                                 "--dsn", dsn, "--report-dir", str(tmp_path / "reports")],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        base = f"http://127.0.0.1:{port}"
+
+        def post(path: str, data: bytes = b"") -> None:
+            urllib.request.urlopen(urllib.request.Request(base + path, data=data, method="POST"), timeout=60).read()
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/", timeout=5).read()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
+                    time.sleep(0.2)
+            for _ in range(2):
+                post("/swarm", b"user_count=4&spawn_rate=4")
+                time.sleep(3)
+                post("/stop")  # returns once the run is stopped and judged
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            out.close()
+        log_text = (tmp_path / "locust.log").read_text()
+        verdicts = [json.loads(p.read_text()) for p in (tmp_path / "reports").glob("*/verdict.json")]
+        assert len(verdicts) == 2, log_text[-3000:]
+        assert all(v["passed"] and v["totals"]["landed"] == v["totals"]["sent"] > 0 for v in verdicts)
+        assert len({v["run_id"] for v in verdicts}) == 2
+        assert log_text.count("PASS: every expectation holds") == 2
