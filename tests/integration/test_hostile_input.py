@@ -1,4 +1,4 @@
-"""Hostile input: each kind of bad line in scenarios/corpus/ is rejected with its bytes and reason, and nothing else is."""
+"""Hostile input: every kind of bad line in scenarios/corpus/ is rejected with its bytes and a reason, alone."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ MISHANDLED = {
 NO_STALL_S = 5.0
 RUN_ID = "hostile"
 SIZE = SIZE_CLASSES["small"]
+# The scenario's users, and a bad line after every 5 writes: even a 6 s run on a busy machine sends each kind.
+SCENARIO_USERS = 10
+SCENARIO_HOSTILE_EVERY = "5"
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +91,8 @@ def _case(number: int, line: BadLine):
 
 @pytest.mark.parametrize(("number", "line"), [_case(n, line) for n, line in enumerate(CORPUS)])
 def test_a_bad_line_is_rejected_and_the_good_lines_around_it_land(number, line, hostile_collector, module_dsn):
-    """Good line, bad line, good line: both good lines land, the bad one is rejected alone, with its raw bytes and
-    a reason naming the problem, and the collector keeps running without a stall (checked against a generous bound,
-    not a speed)."""
+    """Good, bad, good line: both good lines land, the bad one alone is rejected with its raw bytes and a reason
+    naming the problem, the collector runs on, and rows show within NO_STALL_S (no stall; not a speed check)."""
     source = f"k{number}"
     factory = EventFactory(SIZE, seed=number, run_id=RUN_ID, source=source)
     before, after = factory.line(), factory.line()
@@ -128,13 +130,20 @@ def test_a_bad_line_is_rejected_and_the_good_lines_around_it_land(number, line, 
     assert visible_after < NO_STALL_S
 
 
+def assert_every_kind_sent(verdict: dict, kinds: int) -> None:
+    """Users start spread over the kinds (kinds / users apart): each sending that many covers every kind."""
+    sources = verdict["sources"]
+    assert len(sources) == SCENARIO_USERS
+    assert min(s["bad_sent"] for s in sources) >= -(-kinds // SCENARIO_USERS), sources
+
+
 class TestHostileScenario:
     @pytest.mark.xfail("crlf" in MISHANDLED, strict=True, reason=f"crlf: {MISHANDLED.get('crlf')}")
     def test_every_rejection_is_a_bad_line_sent_and_every_good_line_lands(self, dsn, tmp_path):
         """hostile_input: every kind is sent; rejected lines equal bad lines sent, good lines land once each."""
-        code, output, v = run_scenario("hostile_input", dsn, tmp_path, "--hostile-every", "20")
+        code, output, v = run_scenario("hostile_input", dsn, tmp_path, "--hostile-every", SCENARIO_HOSTILE_EVERY)
+        assert_every_kind_sent(v, len(CORPUS))
         t = v["totals"]
-        assert t["bad_sent"] >= len(CORPUS)
         assert t["rejected"] == t["bad_sent"], output[-4000:]
         assert t["lost"] == t["duplicated"] == t["torn_or_rejected"] == 0
         assert t["landed"] == t["sent"]
@@ -143,11 +152,11 @@ class TestHostileScenario:
     def test_the_kinds_handled_today_are_each_one_rejection(self, dsn, tmp_path):
         """hostile_input without the kinds in MISHANDLED passes with rejected == bad lines sent."""
         kinds = ",".join(line.kind for line in CORPUS if line.kind not in MISHANDLED)
-        code, output, v = run_scenario("hostile_input", dsn, tmp_path, "--hostile-every", "20",
+        code, output, v = run_scenario("hostile_input", dsn, tmp_path, "--hostile-every", SCENARIO_HOSTILE_EVERY,
                                        "--hostile-kinds", kinds)
         assert_passed(code, output, v)
+        assert_every_kind_sent(v, len(CORPUS) - len(MISHANDLED))
         t = v["totals"]
-        assert t["bad_sent"] >= len(CORPUS) - len(MISHANDLED)
         assert t["rejected"] == t["bad_sent"]
         assert t["lost"] == t["duplicated"] == 0
         assert t["landed"] == t["sent"]
