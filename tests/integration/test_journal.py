@@ -18,7 +18,6 @@ import pytest
 from loadtests.database import Database
 from reference.schema import apply_schema
 
-
 log = logging.getLogger(__name__)
 
 RUN_PREDICATE = "data->'_np'->>'run' = %s"
