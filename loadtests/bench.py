@@ -69,6 +69,9 @@ EMITTER_WRITERS = 2
 LOCUST_SECONDS = 10
 LOCUST_PROCESSES = 2
 LOCUST_USERS = 20
+# parse_line is timed on the first 20,000 lines, best of 5 rounds: stable to a few percent on a busy machine.
+PARSE_SAMPLE_LINES = 20_000
+PARSE_ROUNDS = 5
 # copy_expert reads its file in pieces of this size: 1 MiB makes the COPY limit a limit of the server, not of
 # 8 KiB Python reads (psycopg2's default).
 COPY_READ_BYTES = 1024 * 1024
@@ -146,9 +149,11 @@ ROWS = (
     Row("naive_rows_per_s", "naive collector: readline + INSERT per line", "rows/s"),
     Row("collector_vs_naive", "  collector / naive", "x", 1),
     Row("collector_peak_rss_mib", "collector peak RSS (VmHWM)", "MiB", 1),
+    Row("collector_cpu_us_per_row", "collector CPU per row, all threads", "us/row", 1),
+    Row("collector_main_cpu_us_per_row", "  of which the main thread (read, split, parse)", "us/row", 1),
     Row("latency_p50_ms", "emit-to-visible p50 at {rate:,} lines/s", "ms"),
     Row("latency_p99_ms", "emit-to-visible p99 at {rate:,} lines/s", "ms"),
-    Row("parse_us_per_line", "parse_line, one process", "us/line", 2),
+    Row("parse_us_per_line", "parse_line alone, one process (best of 5)", "us/line", 2),
     Row("factory_lines_per_s", "EventFactory, one process", "lines/s"),
     Row("emitter_lines_per_s", "reference emitter --writers 2 into cat", "lines/s"),
     Row("locust_lines_per_s", "Locust --processes 2 -u 20 into cat", "lines/s"),
@@ -386,8 +391,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 class CollectorProcess:
     """`python -m reference.collector` (or main() under a profiler) on one FIFO and database."""
 
-    def __init__(self, fifo: Path, dsn: str, log_path: Path, profile: tuple[str, Path] | None = None) -> None:
-        args = ["--fifo", str(fifo), "--dsn", dsn, "--stats-interval", "60"]
+    def __init__(self, fifo: Path, dsn: str, log_path: Path, profile: tuple[str, Path] | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
+        args = ["--fifo", str(fifo), "--dsn", dsn, "--stats-interval", "60", *extra]
         if profile is None:
             self.argv = [sys.executable, "-m", "reference.collector", *args]
         else:
@@ -403,12 +409,14 @@ class CollectorProcess:
         deadline = time.monotonic() + COLLECTOR_READY_TIMEOUT_S
         with contextlib.closing(_connect(self.dsn)) as conn, conn.cursor() as cur:
             while True:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'idle'"
-                            " AND datname = current_database()", (COLLECTOR_APPLICATION,))
+                cur.execute("SELECT count(*) > 0 AND to_regclass('logs') IS NOT NULL FROM pg_stat_activity"
+                            " WHERE application_name = %s AND state = 'idle' AND datname = current_database()",
+                            (COLLECTOR_APPLICATION,))
                 if cur.fetchone()[0] and self.fifo.exists() and has_reader(str(self.fifo)):
                     return self
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"the collector did not get ready (status {self.proc.poll()}); its log "
+                    status = self.stop()
+                    raise BenchError(f"the collector did not get ready (status {status}); its log "
                                      f"{self.log_path}:\n{_tail(self.log_path)}")
                 time.sleep(0.02)
 
@@ -420,6 +428,21 @@ class CollectorProcess:
             return None
         match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
         return int(match.group(1)) if match else None
+
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """CPU time (user + system) the collector has used so far: (main thread, all other threads)."""
+        main = others = 0.0
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+                if task.name == str(self.proc.pid):
+                    main += used
+                else:
+                    others += used
+        except (OSError, IndexError, ValueError):
+            return None
+        return main, others
 
     def stop(self) -> int | None:
         """SIGTERM (the collector drains and flushes), wait, SIGKILL after the timeout; return the status."""
@@ -468,7 +491,8 @@ class _Writer(threading.Thread):
             self.error = exc
 
 
-def wait_until_visible(dsn: str, last_line: bytes, expected: int, started: float) -> float:
+def wait_until_visible(dsn: str, last_line: bytes, expected: int, started: float,
+                       alive: Callable[[], bool] = lambda: True) -> float:
     """Poll until the last line's row and `expected` rows are visible; return when the last row was first seen.
 
     The last row is found through the time index; a writer's rows are committed in order, which the final
@@ -490,9 +514,14 @@ def wait_until_visible(dsn: str, last_line: bytes, expected: int, started: float
                 if visible >= expected:
                     return seen_at
                 seen_at = now  # rows committed out of order: wait for the count instead
-            if now > deadline:
+            if now > deadline or not alive():
+                if not alive() and seen_at is None:
+                    cur.execute(LAST_ROW_SQL, (event["time"], event["trace_id"]))
+                    if cur.fetchone() is not None:  # it finished between the two checks
+                        continue
                 cur.execute("SELECT count(*) FROM logs")
-                raise BenchError(f"{cur.fetchone()[0]} of {expected} rows visible after {VISIBLE_TIMEOUT_S:g} s")
+                why = "the consumer exited" if now <= deadline else f"after {VISIBLE_TIMEOUT_S:g} s"
+                raise BenchError(f"{cur.fetchone()[0]} of {expected} rows visible; {why}")
             time.sleep(VISIBLE_POLL_S)
 
 
@@ -519,6 +548,7 @@ class Bench:
     emitter_seconds: float
     locust_seconds: int
     workdir: Path
+    collector_args: tuple[str, ...] = ()
     server: Server | None = None
     data: list[bytes] = field(default_factory=list)
     rows: list[bytes] = field(default_factory=list)
@@ -541,14 +571,19 @@ class Bench:
                                    "bytes": sum(map(len, self.data))}
 
     def measure_parse(self) -> None:
-        """Turn the data set into COPY rows with parse_line, timed (the collector's hot path, alone)."""
-        started = time.perf_counter()
+        """Turn the data set into COPY rows with parse_line; time it alone (the collector's hot path) on a sample."""
         rows = [parse_line(line[:-1])[0] for line in self.data]
-        elapsed = time.perf_counter() - started
         if any(row is None for row in rows):
             raise BenchError("the seeded data set has lines parse_line rejects")
         self.rows = rows
-        self.metrics["parse_us_per_line"] = elapsed / len(rows) * 1e6
+        sample = [line[:-1] for line in self.data[:PARSE_SAMPLE_LINES]]
+        best = math.inf
+        for _ in range(PARSE_ROUNDS):
+            started = time.perf_counter()
+            for line in sample:
+                parse_line(line)
+            best = min(best, time.perf_counter() - started)
+        self.metrics["parse_us_per_line"] = best / len(sample) * 1e6
 
     def measure_copy(self) -> None:
         """The same rows, pre-formatted, in one COPY into a fresh logs table."""
@@ -569,32 +604,38 @@ class Bench:
         fifo = self.fifo(name)
         log_path = self.workdir / f"{name}.log"
         with self.server.fresh_database(schema=False) as dsn:
-            collector = CollectorProcess(fifo, dsn, log_path, profile).start()
+            collector = CollectorProcess(fifo, dsn, log_path, profile, self.collector_args).start()
             try:
                 writer = _Writer(fifo, pack_writes(self.data))
                 started = time.monotonic()
                 writer.start()
                 try:
-                    visible_at = wait_until_visible(dsn, self.data[-1], len(self.data), started)
+                    visible_at = wait_until_visible(dsn, self.data[-1], len(self.data), started,
+                                                    alive=lambda: collector.proc.poll() is None)
                 except BenchError as exc:
                     raise BenchError(f"{exc}; collector log {log_path}:\n{_tail(log_path)}") from None
                 writer.join()
                 if writer.error is not None:
                     raise BenchError(f"writing the FIFO failed: {writer.error}")
                 rss = collector.peak_rss_kib()
+                cpu = collector.cpu_seconds()
             finally:
                 status = collector.stop()
             rejected = _count(dsn, "logs_rejected")
         elapsed = visible_at - started
         return {"lines": len(self.data), "seconds": round(elapsed, 3), "rows_per_s": len(self.data) / elapsed,
                 "written_s": round(writer.finished_at - started, 3), "rejected": rejected,
-                "peak_rss_mib": None if rss is None else rss / 1024, "exit_status": status}
+                "peak_rss_mib": None if rss is None else rss / 1024, "exit_status": status,
+                "cpu_us_per_row": None if cpu is None else sum(cpu) / len(self.data) * 1e6,
+                "main_thread_cpu_us_per_row": None if cpu is None else cpu[0] / len(self.data) * 1e6}
 
     def measure_collector(self) -> None:
         """The reference collector end to end: first write into its FIFO until every row is visible."""
         result = self._collector_run("collector")
         self.metrics["collector_rows_per_s"] = result["rows_per_s"]
         self.metrics["collector_peak_rss_mib"] = result["peak_rss_mib"]
+        self.metrics["collector_cpu_us_per_row"] = result["cpu_us_per_row"]
+        self.metrics["collector_main_cpu_us_per_row"] = result["main_thread_cpu_us_per_row"]
         self.details["collector"] = result
 
     def measure_naive(self) -> None:
@@ -610,7 +651,7 @@ class Bench:
                 writer = _Writer(fifo, pack_writes(lines))
                 started = time.monotonic()
                 writer.start()
-                visible_at = wait_until_visible(dsn, lines[-1], len(lines), started)
+                visible_at = wait_until_visible(dsn, lines[-1], len(lines), started, alive=proc.is_alive)
                 writer.join()
             finally:
                 proc.join(COLLECTOR_STOP_TIMEOUT_S)
@@ -641,7 +682,7 @@ class Bench:
         with self.server.fresh_database() as dsn:
             with contextlib.closing(_connect(dsn)) as conn, conn.cursor() as cur:
                 cur.execute(SEQ_INDEX_SQL)
-            collector = CollectorProcess(fifo, dsn, log_path).start()
+            collector = CollectorProcess(fifo, dsn, log_path, extra=self.collector_args).start()
             poller = threading.Thread(target=poll, args=(dsn,), name="bench-poller", daemon=True)
             poller.start()
             try:
@@ -811,6 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"length of the emitter run (default {EMITTER_SECONDS:g} s)")
     p.add_argument("--locust-seconds", type=int, default=LOCUST_SECONDS,
                    help=f"length of the Locust run (default {LOCUST_SECONDS} s)")
+    p.add_argument("--collector-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for the reference collector, repeatable: --collector-arg=--pipe-size=1048576")
     p.add_argument("--profile", choices=tuple(PROFILE_CODE), default=None,
                    help="also run the collector once under this profiler and print its top entries "
                         "(pyinstrument must be installed; it is not a dependency)")
@@ -853,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="namedpiper-bench-"))
     bench = Bench(args.size, args.lines, min(args.naive_lines, args.lines), args.seed, args.latency_rate,
-                  args.latency_seconds, args.fifo_mib, args.emitter_seconds, args.locust_seconds, workdir)
+                  args.latency_seconds, args.fifo_mib, args.emitter_seconds, args.locust_seconds, workdir,
+                  tuple(args.collector_arg))
     load_before = os.getloadavg()
     started = time.monotonic()
     needs_db = bool({"copy", "collector", "naive", "latency", "locust"} - skip) or args.profile
@@ -887,7 +931,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if bench.errors:
+            log.error("work folder kept for its logs: %s", workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     metrics = derive(bench.metrics)
     checks = check_targets(metrics, args.size, args.latency_rate)

@@ -180,12 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("psql_args", nargs="*", help="extra arguments for psql (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    db = Database(data_dir=args.data_dir)
-    try:
-        if args.action == "stop":
-            if db.embedded is not None:
-                db.embedded.stop()
+    if args.action == "stop":
+        # Always the embedded server of --data-dir: a DSN in the environment must not make `stop` a no-op.
+        data_dir = args.data_dir or Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+        embedded = EmbeddedPostgres(data_dir)
+        if not embedded.running:
+            print(f"no embedded PostgreSQL runs in {embedded.data_dir}", file=sys.stderr)
             return 0
+        embedded.stop()
+        return 0
+    db = Database(data_dir=args.data_dir)
+    if db.embedded is None and args.action in ("start", "dsn"):
+        print(f"note: {DSN_ENV} or PG* variables are set, so this is that server, not the embedded one",
+              file=sys.stderr)
+    try:
         db.start()
         if args.action in ("start", "dsn"):
             print(db.dsn)

@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locust import User, events, task
+from locust.exception import StopUser
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 
 from loadtests.corpus import BadLine, CorpusError, load_corpus, select
@@ -125,6 +126,9 @@ class FifoUser(User):
     def on_start(self) -> None:
         """Pick this user's size class from the mix, then open its own event source."""
         o = self.environment.parsed_options
+        self.client = None
+        if not getattr(o, "np_run_id", ""):
+            return  # the run did not start (the master logs why, once); the task stops this user
         number = next(_user_numbers)
         mix = parse_size_mix(o.size_mix)
         chooser = random.Random(f"{o.seed}:{number}")
@@ -151,11 +155,14 @@ class FifoUser(User):
 
     def on_stop(self) -> None:
         """Close the write end."""
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     @task
     def write_lines(self) -> None:
         """Generate one write's worth of lines and write them (or, every --hostile-every writes, a bad line)."""
+        if self.client is None:
+            raise StopUser
         glued = []
         count = self.lines_per_write
         if self.bad_lines is not None:

@@ -62,7 +62,12 @@ class CollectorProcess:
         """Start the collector and wait until it reads the FIFO."""
         log.info("starting collector: %s", self.shown)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                raise CollectorError(f"cannot run the collector command {self.argv[0]!r}: {exc.strerror} "
+                                     "(check --collector-cmd)") from exc
         deadline = time.monotonic() + COLLECTOR_READY_TIMEOUT_S
         while not has_reader(self.fifo):
             if self.proc.poll() is not None:

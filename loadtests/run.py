@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import gevent
+import psycopg2
 from locust.runners import MasterRunner
 
-from loadtests.database import Database
-from loadtests.lifecycle import SystemUnderTest
+from loadtests.database import Database, DatabaseUnavailableError
+from loadtests.lifecycle import CollectorError, SystemUnderTest
 from loadtests.verdict import Verdict, check, render, write_report
 from loadtests.verify import connect, landed_count, verify_run
 from reference.schema import apply_schema
@@ -40,7 +41,20 @@ class Run:
         self.run_id = ""
 
     def start(self) -> None:
-        """Test start: database, FIFO, collector; tell the users (and workers) the run id and the FIFO."""
+        """Test start; a run that cannot start says why in one line and ends with exit code 2."""
+        self.options.np_run_id = ""  # users that see no run id stop at once
+        try:
+            self._start()
+        except (DatabaseUnavailableError, CollectorError, OSError, psycopg2.Error) as exc:
+            log.error("cannot start the run: %s", exc)
+            if self.sut is not None:
+                self.sut.stop()
+                self.sut = None
+            self.environment.process_exit_code = 2
+            gevent.spawn(self.environment.runner.quit)
+
+    def _start(self) -> None:
+        """Database, FIFO, collector; tell the users (and workers) the run id and the FIFO."""
         o = self.options
         if not self.database_started:
             self.database.start()
@@ -149,7 +163,7 @@ class Run:
             self.sut.stop()
         if self.database_started:
             self.database.close()
-        if self.verdict is not None:
+        if self.verdict is not None and self.environment.process_exit_code != 2:
             self.environment.process_exit_code = 0 if self.verdict.passed else 1
 
 

@@ -57,7 +57,7 @@ def _request_stop(signum: int, frame: object) -> None:
 def run_writer(config: EmitterConfig) -> dict:
     """Write config.count lines (or for config.duration seconds) and return this writer's summary."""
     factory = EventFactory(config.size, seed=config.seed, run_id=config.run_id, source=config.source)
-    writer = FifoWriter(config.fifo, nonblocking=config.nonblocking)
+    writer = FifoWriter(config.fifo, nonblocking=config.nonblocking, should_stop=lambda: _stop_requested)
     writer.open()
     started = time.monotonic()
     deadline = started + config.duration if config.duration else None
@@ -180,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s emitter %(levelname)s %(message)s", stream=sys.stderr)
     if args.count is None and args.duration is None:
         args.count = 1000
-    if args.count is not None and args.count < 0:
-        print("error: --count must be 0 or more", file=sys.stderr)
+    problems = [text for bad, text in (
+        (args.count is not None and args.count < 0, "--count must be 0 or more"),
+        (args.duration is not None and args.duration <= 0, "--duration must be more than 0 seconds"),
+        (args.rate < 0, "--rate must be 0 (as fast as possible) or more lines per second"),
+        (args.lines_per_write < 0, "--lines-per-write must be 0 (pack up to PIPE_BUF) or more"),
+    ) if bad]
+    if problems:
+        print(f"error: {problems[0]}", file=sys.stderr)
         return 2
     args.run_id = args.run_id or secrets.token_hex(4)
     signal.signal(signal.SIGTERM, _request_stop)
@@ -190,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s does not exist yet; waiting for the collector to create it", args.fifo)
         while not os.path.exists(args.fifo) and not _stop_requested:
             time.sleep(MAX_PACING_SLEEP_S)
+        if _stop_requested:
+            log.warning("stopped before %s appeared; nothing was written", args.fifo)
+            return 0
     if os.path.exists(args.fifo) and not stat.S_ISFIFO(os.stat(args.fifo).st_mode):
         print(f"error: {args.fifo} is {describe_kind(os.stat(args.fifo).st_mode)}, not a FIFO; "
               "point --fifo at the collector's FIFO", file=sys.stderr)

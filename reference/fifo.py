@@ -30,6 +30,10 @@ class NotAFifoError(FileExistsError):
     """A path that should be a FIFO exists but is something else."""
 
 
+class FifoPathError(OSError):
+    """The FIFO cannot be created where it was asked for."""
+
+
 def describe_kind(mode: int) -> str:
     """Name the file type of an lstat mode in words a user recognises."""
     for test, name in (
@@ -51,7 +55,14 @@ def ensure_fifo(path: str | os.PathLike[str], mode: int = DEFAULT_FIFO_MODE) -> 
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        os.mkfifo(path, mode)
+        try:
+            os.mkfifo(path, mode)
+        except FileNotFoundError:
+            raise FifoPathError(f"cannot create the FIFO {path}: the folder {path.parent} does not exist; "
+                                "create it or choose another path") from None
+        except PermissionError:
+            raise FifoPathError(f"cannot create the FIFO {path}: no permission to write in {path.parent}; "
+                                "choose another path or run as a user who may") from None
         # mkfifo applies the umask; chmod makes the mode exactly what was asked for.
         os.chmod(path, mode)
         return path

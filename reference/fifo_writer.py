@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 log = logging.getLogger(__name__)
 
-# How often a non-blocking writer with no reader checks whether one has appeared; lines in between are
-# dropped (and counted), so this bounds the work done while nobody listens without a busy loop.
+# How often a writer with no reader checks whether one has appeared: a blocking writer sleeps in between,
+# a non-blocking one drops (and counts) its lines in between. Either way no busy loop.
 NO_READER_RECHECK_S = 0.05
 
 
@@ -42,26 +42,34 @@ class FifoWriter:
     blocking mode the writer then waits with poll(), which is what a blocking write does inside the kernel.
     """
 
-    def __init__(self, path: str, *, nonblocking: bool = False) -> None:
+    def __init__(self, path: str, *, nonblocking: bool = False, should_stop=lambda: False) -> None:
         self.path = path
         self.nonblocking = nonblocking
+        self.should_stop = should_stop
         self.stats = WriterStats()
         self.fd: int | None = None
         self._next_reader_check = 0.0
 
     def open(self) -> bool:
-        """Open for writing; in blocking mode wait (in the kernel, no busy loop) for a reader. False if none."""
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            if self.nonblocking:
+        """Open for writing; in blocking mode wait for a reader (or a stop request). False if none."""
+        started = time.monotonic()
+        waiting = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+            if self.nonblocking or self.should_stop():
                 return False
-            log.warning("waiting for a reader on %s (start the collector)", self.path)
-            started = time.monotonic()
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # blocks until a reader opens the FIFO
-            os.set_blocking(fd, False)
+            if not waiting:
+                log.warning("waiting for a reader on %s (start the collector)", self.path)
+                waiting = True
+            # A non-blocking open polled every 50 ms, not a blocking open: that one cannot be interrupted
+            # by SIGTERM or Ctrl-C (Python retries it after the handler runs).
+            time.sleep(NO_READER_RECHECK_S)
+        if waiting:
             self.stats.blocked_seconds += time.monotonic() - started
             log.warning("a reader opened %s; writing", self.path)
         # The old descriptor is closed only now: while any write end stays open, the pipe keeps the bytes
@@ -92,7 +100,9 @@ class FifoWriter:
                     self._reopen()
                     return False
                 # Blocking mode: wait for the next reader and send the same lines again, whole.
-                self.open()
+                if not self.open():
+                    self.stats.lines_dropped += len(lines)  # stopped while no reader was there
+                    return False
                 continue
             if not delivered:
                 self.stats.lines_dropped += len(lines)

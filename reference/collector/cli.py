@@ -17,7 +17,8 @@ from reference.collector.collector import (
     CollectorConfig,
 )
 from reference.collector.journal import JournalError
-from reference.fifo import DEFAULT_FIFO_MODE, NotAFifoError
+from reference.collector.loader import DatabaseConfigError
+from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 DSN_ENV = "NAMEDPIPER_DSN"
@@ -75,6 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, collector.request_stop)
     try:
         return collector.run()
-    except (NotAFifoError, JournalError) as exc:
+    except (NotAFifoError, FifoPathError, JournalError, DatabaseConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

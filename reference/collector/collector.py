@@ -84,6 +84,7 @@ class Collector:
         next_stats = time.monotonic() + cfg.stats_interval
         try:
             while not self.stop_requested:
+                self.writer.raise_if_failed()
                 if self.journal is not None:
                     self._step_journaled(reader)
                 else:

@@ -7,7 +7,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from reference.collector.loader import Abandoned, Batch, Loader
+from reference.collector.loader import Abandoned, Batch, DatabaseConfigError, Loader
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,13 @@ class BatchWriter:
 
     def submit(self, batch: Batch) -> None:
         """Queue batch for loading; blocks while the queue is full (back-pressure on the reader)."""
-        self._raise_if_failed()
+        self.raise_if_failed()
         while True:
             try:
                 self._queue.put(batch, timeout=0.5)
                 return
             except queue.Full:
-                self._raise_if_failed()
+                self.raise_if_failed()
                 if not self._thread.is_alive():
                     return  # abandoned at shutdown: the journal keeps the bytes
 
@@ -73,15 +73,18 @@ class BatchWriter:
             except queue.Full:
                 continue
         self._thread.join()
-        self._raise_if_failed()
+        self.raise_if_failed()
 
     @property
     def queued(self) -> int:
         """Batches waiting."""
         return self._queue.qsize()
 
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
+        """Re-raise the writer thread's error, if it met one (a DatabaseConfigError as it is)."""
         if self._error is not None:
+            if isinstance(self._error, DatabaseConfigError):
+                raise self._error
             raise RuntimeError(f"the database writer stopped: {self._error}") from self._error
 
     def _nothing_queued(self) -> bool:
@@ -111,6 +114,8 @@ class BatchWriter:
         except Abandoned:
             log.warning("stopping while the database is unreachable: uncommitted lines stay in the journal"
                         if self.journaled else "stopping before the database answered; nothing was loaded")
-        except BaseException as exc:
+        except DatabaseConfigError as exc:
+            self._error = exc  # a plain message for the user, not a traceback
+        except BaseException as exc:  # handed to the producer, never swallowed
             log.exception("database writer failed")
             self._error = exc
