@@ -111,7 +111,9 @@ class Run:
             rows_per_s=round(totals["landed"] / lasted, 1),
             lines_per_s=round(sent / max(1e-6, users_stopped - self.started), 1),
             duration_s=round(lasted, 2), faults=list(self.sut.fault_log), collector_exit=collector_exit,
-            collector_peak_rss_mib=round(self.sut.collector.peak_rss_kib / 1024, 1) if self.sut.collector else None,
+            # None when unknown: no collector of ours, or it had exited before the harness could read its memory.
+            collector_peak_rss_mib=round(self.sut.collector.peak_rss_kib / 1024, 1)
+            if self.sut.collector and self.sut.collector.peak_rss_kib else None,
         )
         verdict.failures = check(verdict, self.options)
         self.verdict = verdict

@@ -32,6 +32,8 @@ BOOKKEEPING_KEY = "_np"
 # a corrupt row passes by chance once in 16 million.
 CHECK_HEX = 6
 CHECK_LENGTH = 2 * CHECK_HEX + 1
+# The RFC 4122 variant: the 17th hex digit of a UUID is one of 8, 9, a, b; map any random digit onto them.
+_UUID_VARIANT = {ord(d): b"89ab"[int(d, 16) & 3:(int(d, 16) & 3) + 1] for d in "0123456789abcdef"}
 CHECKED_FIELDS = ("application_name", "environment_name", "log_event", "file_path", "host_ip")
 
 APPLICATIONS = ("WebApp", "LoadBalancer", "AuthService", "PaymentService", "Inventory", "Scheduler", "Search")
@@ -125,20 +127,35 @@ def filler_text(seed: int) -> tuple[bytes, bytes]:
     return frames, plain
 
 
-def _padding(seed: int, length: int) -> bytes:
-    """Exactly length bytes of JSON-string content that reads like a log message; it ends in plain text."""
+@functools.lru_cache(maxsize=8)
+def _sentence_starts(seed: int) -> tuple[int, ...]:
+    """Offsets in the plain filler text where a sentence begins."""
+    plain = filler_text(seed)[1]
+    return (0, *(i + 2 for i in range(len(plain) - 2) if plain[i:i + 2] == b". "))
+
+
+def _padding(seed: int, length: int, variant: int = 0) -> bytes:
+    """Exactly length bytes of JSON-string content that reads like a log message; it ends in plain text.
+
+    variant picks the sentence the message starts with, so templates do not all say the same thing; a long
+    message starts with stack traces.
+    """
     frames, plain = filler_text(seed)
-    # The last MAX_SEQ_DIGITS bytes must be plain text, so the seq can grow by cutting them.
+    starts = _sentence_starts(seed)
+    start = starts[variant % len(starts)]
+    text = plain[start:] + b" " + plain[:start]  # the filler read from one of its sentences, no escapes
     body = length - MAX_SEQ_DIGITS
     out = bytearray()
+    # Whole escaped frames only: a cut inside one could split an escape; plain text fills the rest exactly.
+    while body - len(out) > len(frames) + len(text):
+        out += frames + b"\\n"
     while len(out) < body:
-        # Whole escaped frames would overshoot mid-escape; plain sentences fill the rest exactly.
-        source = frames if len(out) + len(frames) <= body and len(out) % 2 else plain
-        out += source[: body - len(out)]
-    return bytes(out) + plain[:MAX_SEQ_DIGITS]
+        out += text[: body - len(out)]
+    # The last MAX_SEQ_DIGITS bytes must be plain text, so the seq can grow by cutting them.
+    return bytes(out) + text[len(text) - MAX_SEQ_DIGITS:]
 
 
-def build_template(record: dict, size: int, run_id: str, source: str, seed: int) -> Template:
+def build_template(record: dict, size: int, run_id: str, source: str, seed: int, variant: int = 0) -> Template:
     """Encode record so that every line stamped from it is exactly size bytes long, newline included."""
     time_marker, trace_marker = "\x01TIME\x01", "\x01TRACE\x01"
     for data in (record["data"], {}):
@@ -158,8 +175,8 @@ def build_template(record: dict, size: int, run_id: str, source: str, seed: int)
         pad_length = size - fixed
         if pad_length >= MAX_SEQ_DIGITS:
             fields = "|".join(record[k] for k in CHECKED_FIELDS)
-            return Template(head, after_time, after_trace, _padding(seed, pad_length), before_check, after_check,
-                            tail + b"\n", fields)
+            return Template(head, after_time, after_trace, _padding(seed, pad_length, variant), before_check,
+                            after_check, tail + b"\n", fields)
     raise ValueError(f"an event line of {size} bytes is too small: this one needs {fixed + MAX_SEQ_DIGITS}")
 
 
@@ -181,7 +198,8 @@ class EventFactory:
         average = (size.low + size.high) // 2
         count = max(1, min(MAX_TEMPLATES, TEMPLATE_MEMORY_BUDGET // max(average, 1)))
         self._templates = [
-            build_template(self._rng.choice(pool), self._rng.randint(size.low, size.high), run_id, source, seed)
+            build_template(self._rng.choice(pool), self._rng.randint(size.low, size.high), run_id, source, seed,
+                           self._rng.randrange(1 << 16))
             for _ in range(count)
         ]
         self._parts: list[dict[int, tuple[bytes, bytes]]] = [{} for _ in self._templates]
@@ -197,30 +215,32 @@ class EventFactory:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         return b"%s.%06d+00:00" % (self._second_text, int((now - second) * 1_000_000))
 
-    def _trace_id(self) -> bytes:
-        """A random version-4 UUID from the seeded generator."""
-        n = self._rng.getrandbits(128)
-        n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
-        n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
-        h = b"%032x" % n
-        return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+    def _trace_ids(self, count: int) -> list[bytes]:
+        """count random version-4 UUIDs from the seeded generator, drawn in one call (about 3x cheaper per id)."""
+        digits = b"%0*x" % (32 * count, self._rng.getrandbits(128 * count))
+        return [
+            b"%s-%s-4%s-%s%s-%s" % (h[:8], h[8:12], h[13:16], _UUID_VARIANT[h[16]], h[17:20], h[20:])
+            for h in (digits[k:k + 32] for k in range(0, 32 * count, 32))
+        ]
 
     def line(self) -> bytes:
         """The next event as one encoded line, newline included."""
-        self.seq += 1
-        index = self._rng.randrange(len(self._templates))
-        t = self._templates[index]
-        seq = b"%d" % self.seq
-        trace = self._trace_id()
-        parts = self._parts[index].get(len(seq))
-        if parts is None:  # once per template and seq width: the md5 is not paid per line
-            parts = self._parts[index][len(seq)] = (
-                t.padding_for(len(seq)) + t.before_check, b"-" + t.content_sum(len(seq)) + t.after_check)
-        return b"".join(
-            (t.head, self._time(), t.after_time, trace, t.after_trace, parts[0], trace[:CHECK_HEX], parts[1], seq,
-             t.tail)
-        )
+        return self.lines(1)[0]
 
     def lines(self, count: int) -> list[bytes]:
-        """The next count lines."""
-        return [self.line() for _ in range(count)]
+        """The next count lines. They share one time stamp: lines written together are stamped together."""
+        now = self._time()
+        templates, parts_by_template = self._templates, self._parts
+        out = []
+        for trace in self._trace_ids(count):
+            self.seq += 1
+            index = self._rng.randrange(len(templates))
+            t = templates[index]
+            seq = b"%d" % self.seq
+            parts = parts_by_template[index].get(len(seq))
+            if parts is None:  # once per template and seq width: the md5 is not paid per line
+                parts = parts_by_template[index][len(seq)] = (
+                    t.padding_for(len(seq)) + t.before_check, b"-" + t.content_sum(len(seq)) + t.after_check)
+            out.append(b"".join((t.head, now, t.after_time, trace, t.after_trace, parts[0], trace[:CHECK_HEX],
+                                 parts[1], seq, t.tail)))
+        return out
