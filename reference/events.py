@@ -228,8 +228,7 @@ class EventFactory:
         return self.lines(1)[0]
 
     def lines(self, count: int) -> list[bytes]:
-        """The next count lines. They share one time stamp: lines written together are stamped together."""
-        now = self._time()
+        """The next count lines, each stamped with the time it was made."""
         templates, parts_by_template = self._templates, self._parts
         out = []
         for trace in self._trace_ids(count):
@@ -241,6 +240,6 @@ class EventFactory:
             if parts is None:  # once per template and seq width: the md5 is not paid per line
                 parts = parts_by_template[index][len(seq)] = (
                     t.padding_for(len(seq)) + t.before_check, b"-" + t.content_sum(len(seq)) + t.after_check)
-            out.append(b"".join((t.head, now, t.after_time, trace, t.after_trace, parts[0], trace[:CHECK_HEX],
+            out.append(b"".join((t.head, self._time(), t.after_time, trace, t.after_trace, parts[0], trace[:CHECK_HEX],
                                  parts[1], seq, t.tail)))
         return out

@@ -15,21 +15,13 @@ from conftest import COLLECTOR_READY_TEXT, POLL_INTERVAL_S, CollectorProcess, co
 from psycopg2 import sql
 from test_scenarios import assert_passed, run_scenario
 
-from loadtests.corpus import BadLine, load_corpus
+from loadtests.corpus import load_corpus
 from reference.collector.lines import REJECTED_PREFIX_BYTES
 from reference.events import EventFactory
 from reference.schema import apply_schema
 from reference.sizes import SIZE_CLASSES
 
 CORPUS = load_corpus()
-# Kinds the reference collector mishandles today. Strict xfail: once the collector is fixed, the test passes,
-# pytest reports XPASS as a failure, and the entry goes.
-MISHANDLED = {
-    "crlf": "a trailing \\r is JSON whitespace to orjson: the line is stored as an event instead of being "
-            "rejected with a reason naming CRLF",
-    "bom": "the BOM is split off as a 3-byte 'fragment' and the event behind it is stored; the whole line should "
-           "be rejected with a reason naming the byte order mark",
-}
 # Rows are visible within one flush interval (0.1 s) of being read. This bound catches a stall (a collector
 # stuck on a bad line, or waiting for more bytes), not slowness: a loaded CI machine stays far below it.
 NO_STALL_S = 5.0
@@ -84,12 +76,7 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _case(number: int, line: BadLine):
-    marks = [pytest.mark.xfail(strict=True, reason=MISHANDLED[line.kind])] if line.kind in MISHANDLED else []
-    return pytest.param(number, line, id=line.kind, marks=marks)
-
-
-@pytest.mark.parametrize(("number", "line"), [_case(n, line) for n, line in enumerate(CORPUS)])
+@pytest.mark.parametrize(("number", "line"), [pytest.param(n, line, id=line.kind) for n, line in enumerate(CORPUS)])
 def test_a_bad_line_is_rejected_and_the_good_lines_around_it_land(number, line, hostile_collector, module_dsn):
     """Good, bad, good line: both good lines land, the bad one alone is rejected with its raw bytes and a reason
     naming the problem, the collector runs on, and rows show within NO_STALL_S (no stall; not a speed check)."""
@@ -138,7 +125,6 @@ def assert_every_kind_sent(verdict: dict, kinds: int) -> None:
 
 
 class TestHostileScenario:
-    @pytest.mark.xfail("crlf" in MISHANDLED, strict=True, reason=f"crlf: {MISHANDLED.get('crlf')}")
     def test_every_rejection_is_a_bad_line_sent_and_every_good_line_lands(self, dsn, tmp_path):
         """hostile_input: every kind is sent; rejected lines equal bad lines sent, good lines land once each."""
         code, output, v = run_scenario("hostile_input", dsn, tmp_path, "--hostile-every", SCENARIO_HOSTILE_EVERY)
@@ -149,15 +135,3 @@ class TestHostileScenario:
         assert t["landed"] == t["sent"]
         assert_passed(code, output, v)
 
-    def test_the_kinds_handled_today_are_each_one_rejection(self, dsn, tmp_path):
-        """hostile_input without the kinds in MISHANDLED passes with rejected == bad lines sent."""
-        kinds = ",".join(line.kind for line in CORPUS if line.kind not in MISHANDLED)
-        code, output, v = run_scenario("hostile_input", dsn, tmp_path, "--hostile-every", SCENARIO_HOSTILE_EVERY,
-                                       "--hostile-kinds", kinds)
-        assert_passed(code, output, v)
-        assert_every_kind_sent(v, len(CORPUS) - len(MISHANDLED))
-        t = v["totals"]
-        assert t["rejected"] == t["bad_sent"]
-        assert t["lost"] == t["duplicated"] == 0
-        assert t["landed"] == t["sent"]
-        assert "hostile input:" in output
