@@ -113,8 +113,14 @@ class Collector:
     def _step_journaled(self, reader: FifoReader) -> None:
         """Move what the pipe holds into the journal, then parse one read's worth if the database keeps up."""
         journal = self.journal
-        behind = self.parsed_to is not None and self.parsed_to < journal.end
-        if reader.wait(0 if behind else self._wait_time()):
+        can_parse = self.parsed_to is not None and self.parsed_to < journal.end and not self._batch_full()
+        if can_parse:
+            timeout = 0.0  # a backlog to parse: only look at the pipe
+        elif self.batch and self.writer.has_room:
+            timeout = self._wait_time()
+        else:
+            timeout = IDLE_WAKE_S  # the database is behind (or away): nothing to do but drain the pipe
+        if reader.wait(timeout):
             self.bytes_read += journal.splice_from(reader.fd, READ_CHUNK_BYTES)
         if self.parsed_to is None and self.writer.connected.is_set():
             self.parsed_to = self._replay_start()

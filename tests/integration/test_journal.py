@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,12 @@ def finish(proc: subprocess.Popen) -> str:
 def journal_bytes(folder: Path) -> int:
     """Bytes on disk in the journal's segments."""
     return sum(p.stat().st_size for p in folder.glob("segment-*.log"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def exactly_once(query, dsn: str, run_id: str) -> tuple[int, int]:
@@ -141,8 +148,10 @@ class TestDatabaseOutage:
             down_at = time.monotonic()
             time.sleep(0.5)
             journaled_early = journal_bytes(tmp_path / "journal")
+            cpu_early = cpu_seconds(handle.pid)
             time.sleep(self.OUTAGE_S - 0.5)
             journaled_late = journal_bytes(tmp_path / "journal")
+            cpu_during = cpu_seconds(handle.pid) - cpu_early
             db.start()
             back_at = time.monotonic()
             (landed_when_back,), = query(db.dsn, f"SELECT count(*) FROM logs WHERE {RUN_PREDICATE}", ("outage",))
@@ -155,14 +164,16 @@ class TestDatabaseOutage:
         # The FIFO kept draining while the database was down: the journal grew by megabytes meanwhile
         # (the emitter writes ~2.5 MB/s; blocked time is logged, not asserted: CPU starvation also blocks).
         assert journaled_late - journaled_early > 1_000_000
+        # Waiting for the database is no busy loop: a spinning collector would burn a whole core meanwhile.
+        assert cpu_during < 0.6 * (self.OUTAGE_S - 0.5), cpu_during
         blocked = orjson.loads(summary)["blocked_seconds"]
         text = handle.log()
         assert "database unreachable" in text
         assert "reachable again" in text
         peak_kib = int(next(line.split()[1] for line in Path(f"/proc/{handle.pid}/status").read_text().splitlines()
                             if line.startswith("VmHWM:")))
-        log.info("emitter blocked %.2f s in all; journal grew %d bytes during the outage", blocked,
-                 journaled_late - journaled_early)
+        log.info("emitter blocked %.2f s in all; journal grew %d bytes and the collector used %.2f s of CPU during "
+                 "the outage", blocked, journaled_late - journaled_early, cpu_during)
         log.info("outage %.1f s; collector peak RSS %.1f MiB; %d rows when the database came back; %d more "
                  "rows (backlog and new lines) landed in %.2f s", back_at - down_at, peak_kib / 1024,
                  landed_when_back, 60_000 - landed_when_back, caught_up - back_at)
