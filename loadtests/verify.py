@@ -102,7 +102,7 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
                 r.duplicated = rows - distinct
             cur.execute(REJECTED_SQL, {"since": since})
             rejected, no_newline, rejected_bytes = cur.fetchone()
-            landed_bytes = _landed_big_bytes(cur, run_id, counts)
+            landed_bytes, corrupt_bytes = _landed_big_bytes(cur, run_id, counts)
     finally:
         conn.close()
     ordered = sorted(results.values(), key=lambda r: r.source)
@@ -136,6 +136,7 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
         # unfinished tail the collector held when it stopped.
         totals["bytes_sent_big"] = sent_big
         totals["bytes_accounted"] = landed_bytes + rejected_bytes + (rejected - no_newline)
+        totals["bytes_in_corrupt_rows"] = corrupt_bytes
         totals["unaccounted_bytes"] = sent_big - totals["bytes_accounted"]
     return ordered, totals
 
@@ -146,13 +147,13 @@ def _lines_explained_by_rejections(rejected: int, unexplained: int) -> int:
     return min(unexplained, 2 * rejected)
 
 
-def _landed_big_bytes(cur, run_id: str, counts: dict[str, dict]) -> int:
-    """Bytes of the big lines that landed: recorded sizes for intact rows, re-encoded sizes for corrupt ones."""
+def _landed_big_bytes(cur, run_id: str, counts: dict[str, dict]) -> tuple[int, int]:
+    """(bytes of the big lines that landed, of which in corrupt rows): recorded sizes, re-encoded for corrupt rows."""
     sizes = {(src, seq): length for src, c in counts.items() for seq, length in c.get("big_lines", ())}
     if not sizes:
-        return 0
+        return 0, 0
     cur.execute(LANDED_SEQS_SQL, {"run": run_id, "sources": sorted({src for src, _ in sizes})})
-    total = 0
+    total = corrupt = 0
     for src, seq, intact, *fields, data in cur.fetchall():
         if intact:
             total += sizes.get((src, seq), 0)
@@ -161,5 +162,7 @@ def _landed_big_bytes(cur, run_id: str, counts: dict[str, dict]) -> int:
             # writes compact JSON, so re-encoding gives the same length whatever order jsonb keeps keys in.
             names = ("application_name", "environment_name", "log_event", "trace_id", "file_path", "host_ip")
             event = {"time": "", **dict(zip(names, fields, strict=True)), "data": data}
-            total += len(orjson.dumps(event)) + TIME_TEXT_BYTES + 1
-    return total
+            length = len(orjson.dumps(event)) + TIME_TEXT_BYTES + 1
+            total += length
+            corrupt += length
+    return total, corrupt

@@ -27,7 +27,7 @@ ON CONFLICT (journal_id) DO UPDATE SET committed = EXCLUDED.committed, updated_a
 COMMITTED_SQL = "SELECT committed FROM np_collector_offsets WHERE journal_id = %s"
 # psycopg2 reads the COPY data in pieces of this size and takes the GIL back after each: with its default
 # of 8 KiB the parsing thread slowed a 10k-row COPY from 0.10 s to 0.35-0.40 s; with 1 MiB, 0.16-0.28 s, and
-# the collector went from 65.3k to 74.2k rows/s end to end (4 interleaved runs, loadtests/bench.py).
+# the collector went from 65.3k to 74.2k rows/s end to end (4 interleaved runs, loadtests/bench).
 COPY_READ_BYTES = 1024 * 1024
 # Reconnect backoff: quick first retries for a restart, capped so an outage costs one attempt per 5 s.
 RETRY_FIRST_S = 0.1

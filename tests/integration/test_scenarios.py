@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.verdict import unexplained_bytes
+
 ROOT = Path(__file__).resolve().parents[2]
 # A shortened scenario still needs time for Locust to start its workers and for the drain after the stop.
 LOCUST_TIMEOUT_S = 240
@@ -61,7 +63,8 @@ class TestScenarios:
         code, output, v = run_scenario("over_pipe_buf", dsn, tmp_path)
         assert_passed(code, output, v)
         t = v["totals"]
-        assert t["unaccounted_bytes"] == 0
+        assert unexplained_bytes(t) == 0
+        assert t["unaccounted_bytes"] >= 0  # corrupt rows can only read back shorter than what arrived
         assert t["bytes_sent_big"] > 1_000_000
         assert t["torn_or_rejected"] > 0, "writes above PIPE_BUF from 8 users tore no line at all"
 
@@ -69,7 +72,7 @@ class TestScenarios:
         """over_capacity: lines larger than the pipe block their writers and every byte is accounted for."""
         code, output, v = run_scenario("over_capacity", dsn, tmp_path)
         assert_passed(code, output, v)
-        assert v["totals"]["unaccounted_bytes"] == 0
+        assert unexplained_bytes(v["totals"]) == 0
         assert v["latency_ms"]["blocked_s"] > 0
 
     def test_backpressure_stalls_writers_and_loses_nothing(self, dsn, tmp_path):

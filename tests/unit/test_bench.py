@@ -10,26 +10,21 @@ import threading
 
 import pytest
 
-from loadtests.bench import (
-    NAIVE_INSERT_SQL,
-    PARTS,
+from loadtests.bench.baselines import NAIVE_INSERT_SQL, naive_collect, naive_params
+from loadtests.bench.cli import PARTS, build_parser, parse_skip
+from loadtests.bench.latency import visibility_latencies
+from loadtests.bench.pipes import pack_writes
+from loadtests.bench.profile import render_profile, top_entries
+from loadtests.bench.report import (
     ROWS,
     TARGETS,
     Target,
-    build_parser,
     check_targets,
     derive,
     format_value,
-    naive_collect,
-    naive_params,
-    pack_writes,
-    parse_skip,
     percentile,
     ratio,
-    render_profile,
     render_table,
-    top_entries,
-    visibility_latencies,
 )
 from reference.collector.validate import COLUMNS
 from reference.events import EventFactory

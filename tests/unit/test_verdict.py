@@ -81,3 +81,23 @@ class TestReport:
         assert data["passed"] is True
         assert data["totals"]["landed"] == 990
         assert data["sources"][0]["missing"] == 10
+
+
+class TestByteAccounting:
+    def test_bytes_missing_without_corrupt_rows_fail(self):
+        """With no corrupt row, every unaccounted byte counts."""
+        t = {**PASSING_TOTALS, "unaccounted_bytes": 3, "bytes_in_corrupt_rows": 0}
+        assert check(verdict(**t), options(max_unaccounted_bytes=0)) == ["max_unaccounted_bytes: 3 > 0 allowed "
+                                                                           "(--max-unaccounted-bytes)"]
+
+    def test_corrupt_rows_may_hide_a_few_bytes_per_page(self):
+        """A corrupt row of two pages may read back up to 5 bytes shorter per splice; more is still a failure."""
+        base = {**PASSING_TOTALS, "corrupt": 1, "torn_or_rejected": 1, "bytes_in_corrupt_rows": 8192}
+        assert check(verdict(**base, unaccounted_bytes=15), options(max_torn=-1, max_unaccounted_bytes=0)) == []
+        failures = check(verdict(**base, unaccounted_bytes=16), options(max_torn=-1, max_unaccounted_bytes=0))
+        assert failures == ["max_unaccounted_bytes: 1 > 0 allowed (--max-unaccounted-bytes)"]
+
+    def test_more_bytes_accounted_than_sent_fail(self):
+        """Accounting more bytes than were sent is never explained away."""
+        t = {**PASSING_TOTALS, "corrupt": 5, "unaccounted_bytes": -2, "bytes_in_corrupt_rows": 99_999}
+        assert check(verdict(**t), options(max_torn=-1, max_unaccounted_bytes=0)) != []
