@@ -28,6 +28,9 @@ FLUSH_INTERVAL_S = 0.1
 # The main loop wakes at least this often to notice a stop request and to print stats.
 IDLE_WAKE_S = 0.2
 STATS_INTERVAL_S = 10.0
+# With a backlog and the writer's queue full, look again this often: replaying 200,000 journaled lines ran at
+# 16k rows/s when it waited IDLE_WAKE_S for the writer, and this costs about 100 wake-ups a second.
+BACKLOG_WAKE_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,15 @@ class Collector:
     def _step_journaled(self, reader: FifoReader) -> None:
         """Move what the pipe holds into the journal, then parse one read's worth if the database keeps up."""
         journal = self.journal
-        can_parse = self.parsed_to is not None and self.parsed_to < journal.end and not self._batch_full()
-        if can_parse:
+        behind = self.parsed_to is not None and self.parsed_to < journal.end
+        if behind and not self._batch_full():
             timeout = 0.0  # a backlog to parse: only look at the pipe
         elif self.batch and self.writer.has_room:
             timeout = self._wait_time()
+        elif behind or self.batch:
+            timeout = BACKLOG_WAKE_S  # waiting for the writer thread to take a batch
         else:
-            timeout = IDLE_WAKE_S  # the database is behind (or away): nothing to do but drain the pipe
+            timeout = IDLE_WAKE_S
         if reader.wait(timeout):
             self.bytes_read += journal.splice_from(reader.fd, READ_CHUNK_BYTES)
         if self.parsed_to is None and self.writer.connected.is_set():
