@@ -121,7 +121,8 @@ class Loader:
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning("database unreachable at %s: %s; retrying every %.1f-%.1f s", redact(self.dsn),
-                                scrub(str(exc).strip().splitlines()[0], self.dsn), RETRY_FIRST_S, RETRY_MAX_S)
+                                scrub(first_line, self.dsn), RETRY_FIRST_S, RETRY_MAX_S)
+                self.close()  # a connection that failed while applying the schema is of no further use
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and not give_up():
                     time.sleep(min(RETRY_FIRST_S, delay))
