@@ -211,10 +211,12 @@ class FifoClient:
         except BrokenPipeError as exc:
             self.counts.epipe += 1
             exception = exc
+            self.counts.partial_bytes += self._progress  # a cut large write leaves its first bytes behind
             self._broken = True  # the next attempt reopens, which waits for a new reader
         except (FifoOpenTimeout, OSError) as exc:
             exception = exc
-            self.close()
+            if not self._broken:  # after EPIPE the old descriptor keeps the pipe's unread bytes alive: keep it
+                self.close()
         return delivered, exception, (time.perf_counter() - started) * 1000
 
     def _write_all(self, data: bytes) -> bool:

@@ -180,9 +180,11 @@ class SystemUnderTest:
             return
         self._note(f"collector paused (SIGSTOP) for {seconds} s")
         self.collector.signal(signal.SIGSTOP)
-        gevent.sleep(seconds)
-        self.collector.signal(signal.SIGCONT)
-        self._note("collector resumed (SIGCONT)")
+        try:
+            gevent.sleep(seconds)
+        finally:
+            self.collector.signal(signal.SIGCONT)
+            self._note("collector resumed (SIGCONT)")
 
     def _kill(self) -> None:
         if self.collector is None:
@@ -206,16 +208,22 @@ class SystemUnderTest:
             return
         self._note(f"database stopped for {seconds} s")
         self.database.embedded.stop()
-        gevent.sleep(seconds)
-        self.database.start()
-        self.database_back_at = time.monotonic()
-        self._note("database started again")
+        try:
+            gevent.sleep(seconds)
+        finally:  # also when the run ends during the outage: the verdict needs the database
+            self.database.start()
+            self.database_back_at = time.monotonic()
+            self._note("database started again")
 
-    def stop(self) -> int | None:
-        """Cancel pending faults and stop the collector; return its exit status."""
+    def cancel_faults(self) -> None:
+        """End the fault schedule (a fault under way finishes its clean-up, e.g. restarting the database)."""
         for g in self._faults:
             g.kill(block=True)
         self._faults.clear()
+
+    def stop(self) -> int | None:
+        """Cancel pending faults and stop the collector; return its exit status."""
+        self.cancel_faults()
         status = self.collector.stop() if self.collector is not None else None
         if self._tmp is not None:
             try:

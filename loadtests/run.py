@@ -92,6 +92,7 @@ class Run:
         if self.sut is None:
             return
         users_stopped = time.monotonic()
+        self.sut.cancel_faults()  # faults belong to the load: none may hit the drain
         self._gather_worker_counts()
         counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
         sent = sum(c["sent"] for c in counts.values())
@@ -149,7 +150,11 @@ class Run:
         deadline = time.monotonic() + self.options.drain_timeout
         last, last_change = (-1, -1), time.monotonic()
         while True:
-            now_counts = landed_count(self.database.dsn, self.run_id, self.since)
+            try:
+                now_counts = landed_count(self.database.dsn, self.run_id, self.since)
+            except psycopg2.Error as exc:  # the database is away for now: no progress, keep waiting
+                log.warning("drain: cannot count rows yet (%s)", str(exc).strip().splitlines()[0])
+                now_counts = last
             now = time.monotonic()
             if now_counts != last:
                 last, last_change = now_counts, now

@@ -124,7 +124,8 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
     totals["bad_accepted"] = max(0, totals["bad_sent"] - rejected)
     # Lines that did not land are explained by drops, by writes the stop cut short, and by rejected lines
     # (a torn pair of lines shows up as one to three rejected rows); what is left is lost.
-    unexplained = totals["missing"] - totals["dropped"] - totals["interrupted"]
+    # Per source first: one source's drops or cut writes must not excuse another source's missing lines.
+    unexplained = sum(max(0, r.missing - r.dropped - r.interrupted) for r in ordered)
     torn = totals["unexplained_rejections"] + totals["corrupt"]
     totals["torn_or_rejected"] = torn
     totals["lost"] = max(0, unexplained - _lines_explained_by_rejections(torn, unexplained))

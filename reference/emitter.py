@@ -19,7 +19,7 @@ from reference.events import EventFactory, filler_text, record_pool
 from reference.fifo import describe_kind
 from reference.fifo_writer import FifoWriter, WriterStats
 from reference.framing import PACK_TO_PIPE_BUF, frames
-from reference.sizes import SizeRange, parse_size
+from reference.sizes import MAX_RUN_ID_LENGTH, MAX_SOURCE_LENGTH, SizeRange, parse_size
 
 log = logging.getLogger("reference.emitter")
 
@@ -95,6 +95,33 @@ def _writer_process(config: EmitterConfig, results: multiprocessing.Queue) -> No
     results.put(run_writer(config))
 
 
+def _collect(procs: list, queue) -> list[dict]:
+    """Wait for every writer's summary; pass a stop request on, and fail clearly if a writer dies."""
+    import queue as queue_module
+
+    results, forwarded = [], False
+    while len(results) < len(procs):
+        try:
+            results.append(queue.get(timeout=MAX_PACING_SLEEP_S))
+            continue
+        except queue_module.Empty:
+            pass
+        if _stop_requested and not forwarded:
+            for p in procs:
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGTERM)
+            forwarded = True
+        dead = [p for p in procs if not p.is_alive() and p.exitcode != 0]
+        if dead and queue.empty():
+            for p in procs:
+                p.terminate()
+            raise RuntimeError(f"writer process {dead[0].pid} died with exit code {dead[0].exitcode}; "
+                               "its error is printed above")
+    for p in procs:
+        p.join()
+    return results
+
+
 def split_count(total: int | None, writers: int) -> list[int | None]:
     """Share total lines between writers; the first ones take the remainder."""
     if total is None:
@@ -123,9 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         procs = [ctx.Process(target=_writer_process, args=(c, queue), daemon=True) for c in configs]
         for p in procs:
             p.start()
-        results = [queue.get() for _ in procs]
-        for p in procs:
-            p.join()
+        results = _collect(procs, queue)
     elapsed = time.monotonic() - started
     total = WriterStats()
     for r in results:
@@ -190,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problems[0]}", file=sys.stderr)
         return 2
     args.run_id = args.run_id or secrets.token_hex(4)
+    last_source = f"{args.source}{args.writers - 1}"
+    if len(args.run_id) > MAX_RUN_ID_LENGTH or not 0 < len(last_source) <= MAX_SOURCE_LENGTH:
+        print(f"error: --run-id takes up to {MAX_RUN_ID_LENGTH} characters and --source plus the writer number "
+              f"up to {MAX_SOURCE_LENGTH} ({args.run_id!r}, {last_source!r}); shorten them", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     if not os.path.exists(args.fifo):
@@ -205,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = run(args)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(summary).decode(), flush=True)

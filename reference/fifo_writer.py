@@ -134,15 +134,21 @@ class FifoWriter:
                     return False  # nothing of this write is in the pipe: drop it whole
                 # Blocking mode, or a large write already partly in the pipe: finishing it is the only way
                 # not to leave a fragment that would glue onto the next line.
-                self._wait_writable()
+                if not self._wait_writable():
+                    return False  # stopped while the pipe stayed full: whatever is left is not sent
                 continue
             view = view[n:]
         return True
 
-    def _wait_writable(self) -> None:
-        """Sleep in poll() until the pipe has room, adding the time to blocked_seconds."""
+    def _wait_writable(self) -> bool:
+        """Sleep in poll() until the pipe has room (True) or a stop is requested (False), counting the time."""
         started = time.monotonic()
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
-        poller.poll()
-        self.stats.blocked_seconds += time.monotonic() - started
+        try:
+            while not poller.poll(int(NO_READER_RECHECK_S * 1000)):
+                if self.should_stop():
+                    return False
+            return True
+        finally:
+            self.stats.blocked_seconds += time.monotonic() - started

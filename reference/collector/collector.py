@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from reference.collector.journal import Journal
+from reference.collector.journal import Journal, JournalError
 from reference.collector.lines import LineSplitter, Oversized
 from reference.collector.loader import Batch, Loader
 from reference.collector.reader import READ_CHUNK_BYTES, FifoReader
@@ -68,9 +68,12 @@ class Collector:
         self.batch_started = time.monotonic()
         self.journal: Journal | None = None
         self.parsed_to: int | None = None  # journal offset fed to the splitter; known once connected
+        self.batch_start_offset = 0  # journal offset where the next batch starts
 
     def request_stop(self, signum: int = 0, frame: object = None) -> None:
-        """Signal handler: finish the current step, drain the pipe, flush, exit."""
+        """Signal handler: finish the current step, drain the pipe, flush, exit; a second signal gives up waiting."""
+        if self.stop_requested and getattr(self, "writer", None) is not None:
+            self.writer.stopping = self.writer.abandon = True
         self.stop_requested = True
 
     def run(self) -> int:
@@ -128,7 +131,7 @@ class Collector:
         if reader.wait(timeout):
             self.bytes_read += journal.splice_from(reader.fd, READ_CHUNK_BYTES)
         if self.parsed_to is None and self.writer.connected.is_set():
-            self.parsed_to = self._replay_start()
+            self.parsed_to = self.batch_start_offset = self._replay_start()
         if self.parsed_to is not None and not self._batch_full() and self.parsed_to < journal.end:
             self._consume_journal()
         self._flush_if_due(block=False)
@@ -138,16 +141,19 @@ class Collector:
     def _replay_start(self) -> int:
         journal, committed = self.journal, self.writer.committed
         if committed > journal.end or committed < journal.start:
-            log.error("the database has journal %s committed up to %d, but the journal holds %d..%d (folder "
-                      "replaced or database restored?); continuing from %d", journal.id, committed, journal.start,
-                      journal.end, journal.end)
-            return journal.end
+            raise JournalError(
+                f"the database has journal {journal.id} committed up to offset {committed}, but {journal.folder} "
+                f"holds {journal.start}..{journal.end}: the folder was replaced or the database restored. Give an "
+                "empty --journal folder to start afresh (its unloaded bytes are then not loaded), or use the "
+                "database and folder that belong together")
         if committed < journal.end:
             log.warning("replaying %d journaled bytes not yet committed (offset %d..%d)", journal.end - committed,
                         committed, journal.end)
         return committed
 
     def _consume_journal(self) -> None:
+        if self.batch.start_offset is None:
+            self.batch.start_offset = self.batch_start_offset
         data = self.journal.read(self.parsed_to, READ_CHUNK_BYTES)
         self.parsed_to += len(data)
         self._consume(data)
@@ -196,7 +202,7 @@ class Collector:
         # From here a database that does not answer is not waited for: the journal keeps what is unloaded.
         self.writer.stopping = True
         if self.parsed_to is not None:
-            while self.parsed_to < self.journal.end and self.writer.connected.is_set():
+            while self.parsed_to < self.journal.end and self.writer.alive:
                 self._consume_journal()
                 if self._batch_full():
                     self._flush()
@@ -221,6 +227,8 @@ class Collector:
     def _flush(self) -> None:
         if self.batch:
             self.writer.submit(self.batch)
+            if self.batch.end_offset is not None:
+                self.batch_start_offset = self.batch.end_offset
         self.batch = Batch()
         self.batch_started = time.monotonic()
 

@@ -20,9 +20,15 @@ log = logging.getLogger(__name__)
 
 COPY_SQL = f"COPY logs ({', '.join(COLUMNS)}) FROM STDIN"
 INSERT_REJECTED_SQL = "INSERT INTO logs_rejected (reason, raw) VALUES %s"
-SAVE_OFFSET_SQL = """
-INSERT INTO np_collector_offsets (journal_id, committed) VALUES (%s, %s)
-ON CONFLICT (journal_id) DO UPDATE SET committed = EXCLUDED.committed, updated_at = now()
+# Compare and set: the batch moves the offset from its start to its end, or it does nothing. If an earlier
+# COMMIT of the same batch is still in flight on a connection we lost, this waits for its row lock, then finds
+# the offset moved and updates nothing: the batch is rolled back instead of loaded twice.
+ADVANCE_OFFSET_SQL = """
+UPDATE np_collector_offsets SET committed = %(end)s, updated_at = now()
+WHERE journal_id = %(id)s AND committed = %(start)s
+"""
+ENSURE_OFFSET_SQL = """
+INSERT INTO np_collector_offsets (journal_id, committed) VALUES (%s, 0) ON CONFLICT (journal_id) DO NOTHING
 """
 COMMITTED_SQL = "SELECT committed FROM np_collector_offsets WHERE journal_id = %s"
 # psycopg2 reads the COPY data in pieces of this size and takes the GIL back after each: with its default
@@ -33,8 +39,8 @@ COPY_READ_BYTES = 1024 * 1024
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 # Errors that mean "this data is wrong", not "the server is gone": they are answered by bisection.
-DATA_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.ProgrammingError,
-               psycopg2.InternalError, psycopg2.NotSupportedError)
+# Anything else (permission denied, a missing table) is the same for every row: it stops the collector.
+DATA_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
 
 
 @dataclass
@@ -45,7 +51,9 @@ class Batch:
     raws: list[bytes] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     bytes: int = 0
-    # With a journal: the stream offset just past the last line in this batch, committed with its rows.
+    # With a journal: the stream offsets of the batch's first byte and just past its last line; the database's
+    # committed offset moves from the one to the other in the batch's transaction.
+    start_offset: int | None = None
     end_offset: int | None = None
 
     def __len__(self) -> int:
@@ -87,7 +95,6 @@ class Loader:
         self.apply_schema_at_start = apply_schema_at_start
         self.journal_id = journal_id
         self.conn = None
-        self._reconnected = False
         self._ever_connected = False
 
     def connect(self, give_up: Callable[[], bool] = never) -> None:
@@ -137,10 +144,11 @@ class Loader:
     def committed_offset(self) -> int:
         """The journal offset whose rows are all committed (0 for a journal the database has not seen)."""
         with self.conn.cursor() as cur:
+            cur.execute(ENSURE_OFFSET_SQL, (self.journal_id,))
             cur.execute(COMMITTED_SQL, (self.journal_id,))
             row = cur.fetchone()
-        self.conn.rollback()
-        return row[0] if row else 0
+        self.conn.commit()
+        return row[0]
 
     def load(self, batch: Batch, give_up: Callable[[], bool] = never) -> LoadResult:
         """Commit every good row and every rejection of batch, whatever the server says about single rows."""
@@ -148,34 +156,31 @@ class Loader:
             if self.conn is None or self.conn.closed:
                 self.connect(give_up)
             try:
-                if self._reconnected and self._already_committed(batch):
-                    # The connection broke during a COMMIT that did go through: loading again would duplicate.
-                    log.warning("batch up to offset %d was committed before the connection broke; not loading "
-                                "it twice", batch.end_offset)
-                    self._reconnected = False
-                    return LoadResult(rows=0, rejected=0)
-                self._reconnected = False
                 return self._load_once(batch)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 log.warning("database connection lost while loading (%s); reconnecting",
                             scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                                   self.dsn))
                 self.close()
-                self._reconnected = True
-
-    def _already_committed(self, batch: Batch) -> bool:
-        return batch.end_offset is not None and self.committed_offset() >= batch.end_offset
 
     def _load_once(self, batch: Batch) -> LoadResult:
         rejections = list(batch.rejections)
         with self.conn.cursor() as cur:
+            # First: it takes the row lock, and a batch already committed costs no COPY.
+            if batch.end_offset is not None:
+                cur.execute(ADVANCE_OFFSET_SQL, {"id": self.journal_id, "start": batch.start_offset,
+                                                 "end": batch.end_offset})
+                if cur.rowcount == 0:
+                    # The connection broke during a COMMIT that did go through: loading again would duplicate.
+                    self.conn.rollback()
+                    log.warning("journal bytes %d..%d were committed before the connection broke; not loading "
+                                "them twice", batch.start_offset, batch.end_offset)
+                    return LoadResult(rows=0, rejected=0)
             if batch.rows:
                 self._copy_isolating(cur, batch.rows, batch.raws, rejections)
             if rejections:
                 psycopg2.extras.execute_values(
                     cur, INSERT_REJECTED_SQL, [(r.reason, psycopg2.Binary(r.raw)) for r in rejections])
-            if batch.end_offset is not None:
-                cur.execute(SAVE_OFFSET_SQL, (self.journal_id, batch.end_offset))
         self.conn.commit()
         return LoadResult(rows=len(batch.rows) - (len(rejections) - len(batch.rejections)),
                           rejected=len(rejections))

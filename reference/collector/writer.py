@@ -41,6 +41,7 @@ class BatchWriter:
         self.committed: int | None = None  # journal offset committed so far, known once connected
         self.connected = threading.Event()
         self.stopping = False
+        self.abandon = False  # a second stop request: give up on a database that does not answer, even unjournaled
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
@@ -91,13 +92,19 @@ class BatchWriter:
         with self._queue.mutex:
             return all(item is _STOP for item in self._queue.queue)
 
+    @property
+    def alive(self) -> bool:
+        """True while the writer thread runs (it ends when stopped, or when it gave up on the database)."""
+        return self._thread.is_alive()
+
     def _give_up(self) -> bool:
-        return self.stopping and self.journaled
+        return self.stopping and (self.journaled or self.abandon)
 
     def _run(self) -> None:
         try:
             # Before the first load only queued batches can be lost: give up only if none (or all journaled).
-            self.loader.connect(give_up=lambda: self.stopping and (self.journaled or self._nothing_queued()))
+            self.loader.connect(give_up=lambda: self.stopping and (self.journaled or self.abandon
+                                                                   or self._nothing_queued()))
             if self.journaled:
                 self.committed = self.loader.committed_offset()
             self.connected.set()
@@ -112,8 +119,14 @@ class BatchWriter:
                 if batch.end_offset is not None:
                     self.committed = batch.end_offset
         except Abandoned:
-            log.warning("stopping while the database is unreachable: uncommitted lines stay in the journal"
-                        if self.journaled else "stopping before the database answered; nothing was loaded")
+            if self.journaled:
+                log.warning("stopping while the database is unreachable: uncommitted lines stay in the journal")
+            elif self.abandon:
+                waiting = sum(len(b) for b in list(self._queue.queue) if b is not _STOP)
+                log.error("stopping on a second request while the database is unreachable: about %d lines read "
+                          "were not stored (run with --journal to keep them)", waiting + 1)
+            else:
+                log.warning("stopping before the database answered; nothing was loaded")
         except DatabaseConfigError as exc:
             self._error = exc  # a plain message for the user, not a traceback
         except BaseException as exc:  # handed to the producer, never swallowed
