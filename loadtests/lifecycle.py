@@ -117,6 +117,7 @@ class CollectorProcess:
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + COLLECTOR_STOP_TIMEOUT_S
         while self.proc.poll() is None and time.monotonic() < deadline:
+            self._note_peak_rss()  # the shutdown flush may be the collector's busiest moment
             gevent.sleep(READY_POLL_S)
         if self.proc.poll() is None:
             log.error("collector ignored SIGTERM for %s s; killing it", COLLECTOR_STOP_TIMEOUT_S)
