@@ -142,7 +142,6 @@ class SystemUnderTest:
         self.collector: CollectorProcess | None = None
         self._faults: list[gevent.Greenlet] = []
         self.fault_log: list[str] = []
-        self.database_back_at: float | None = None
 
     def start(self) -> None:
         """Create the FIFO and start the collector (unless an external one reads it)."""
@@ -213,7 +212,6 @@ class SystemUnderTest:
             gevent.sleep(seconds)
         finally:  # also when the run ends during the outage: the verdict needs the database
             self.database.start()
-            self.database_back_at = time.monotonic()
             self._note("database started again")
 
     def cancel_faults(self) -> None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import queue as queue_module
 import secrets
 import signal
 import stat
@@ -97,8 +98,6 @@ def _writer_process(config: EmitterConfig, results: multiprocessing.Queue) -> No
 
 def _collect(procs: list, queue) -> list[dict]:
     """Wait for every writer's summary; pass a stop request on, and fail clearly if a writer dies."""
-    import queue as queue_module
-
     results, forwarded = [], False
     while len(results) < len(procs):
         try:

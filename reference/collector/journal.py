@@ -45,7 +45,6 @@ class Journal:
             self._path(0).touch()
         last = self._segments[-1]
         self._fd = os.open(self._path(last), os.O_WRONLY | os.O_CLOEXEC)
-        self._segment_start = last
         self._segment_size = os.fstat(self._fd).st_size
         self.end = last + self._segment_size
 
@@ -88,7 +87,6 @@ class Journal:
         if self._segment_size < SEGMENT_BYTES:
             return
         os.close(self._fd)
-        self._segment_start = self.end
         self._segments.append(self.end)
         self._fd = os.open(self._path(self.end), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._segment_size = 0

@@ -200,13 +200,7 @@ def database() -> Iterator[Database]:
 def dsn(database: Database) -> Iterator[str]:
     """The DSN of a new, empty database with the namedpiper schema, dropped (WITH FORCE) after the test."""
     name = f"np_test_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(database.dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    finally:
-        admin.close()
+    _on_server(database, "CREATE DATABASE {}", name)
     # make_dsn parses URIs and key=value strings alike and returns key=value with dbname replaced.
     test_dsn = psycopg2.extensions.make_dsn(database.dsn, dbname=name)
     conn = psycopg2.connect(test_dsn)
@@ -215,11 +209,16 @@ def dsn(database: Database) -> Iterator[str]:
     finally:
         conn.close()
     yield test_dsn
+    _on_server(database, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def _on_server(database: Database, statement: str, name: str) -> None:
+    """Run a CREATE/DROP DATABASE statement for name on the session's server (outside a transaction)."""
     admin = psycopg2.connect(database.dsn)
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            cur.execute(sql.SQL(statement).format(sql.Identifier(name)))
     finally:
         admin.close()
 
