@@ -14,7 +14,7 @@ from pathlib import Path
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
-# Largest write POSIX guarantees to be atomic on a pipe: 4,096 on Linux (see ../shared/pipe-facts.md).
+# Largest write POSIX guarantees to be atomic on a pipe: 4,096 on Linux (see docs/fifo-facts.md).
 PIPE_BUF = select.PIPE_BUF
 
 # A new pipe holds 16 pages: 65,536 bytes on x86_64 and arm64 with 4 KiB pages.

@@ -25,7 +25,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 PGPASS = ROOT / ".pgpass"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 CI_RUN = ROOT / ".ci" / "run"
-DOCS = ROOT / "README.md"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 DATABASE = "timescaledb"
 REFERENCE_SERVICES = ("collector", "emitter", "locust")
@@ -341,8 +341,8 @@ class TestWorkflow:
 
 class TestDocs:
     def test_documented_scenarios_exist(self):
-        """Every scenario the README runs is in scenarios/ (NAME.conf is the README's placeholder)."""
-        configs = re.findall(r"--config (scenarios/[a-z_]+\.conf)", DOCS.read_text())
+        """Every scenario the README and docs/ run is in scenarios/ (NAME.conf is the README's placeholder)."""
+        configs = re.findall(r"--config (scenarios/[a-z_]+\.conf)", "\n".join(doc.read_text() for doc in DOCS))
         assert configs
         for config in configs:
             assert (ROOT / config).exists(), config
