@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import orjson
 import psycopg2
 
+from reference.events import TIME_FORMAT_LENGTH
+
 # Per source: rows, distinct seqs, and rows out of order: committed in a later transaction than a row of
 # the same source with a higher seq. The heap order (ctid) is no arrival order (COPY fills free space
 # anywhere), but a collector's transactions are: xmin orders its batches.
@@ -44,8 +46,8 @@ SELECT data->'_np'->>'src', (data->'_np'->>'seq')::bigint, {intact},
        application_name, environment_name, log_event, trace_id, file_path, host_ip, data
 FROM logs WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
 """.replace("{intact}", INTACT_SQL)
-# The generator writes time as "2026-11-28T05:30:00.123456+00:00": 32 bytes in every line.
-TIME_TEXT_BYTES = 32
+# The generator writes time as "2026-11-28T05:30:00.123456+00:00": the same length in every line.
+TIME_TEXT_BYTES = TIME_FORMAT_LENGTH
 
 
 @dataclass

@@ -2,55 +2,61 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import signal
 import sys
+from typing import Any
+
+import configargparse
 
 from reference.collector.collector import (
     BATCH_MAX_BYTES,
     BATCH_ROWS,
     FLUSH_INTERVAL_S,
     STATS_INTERVAL_S,
-    Collector,
     CollectorConfig,
 )
 from reference.collector.journal import JournalError
 from reference.collector.loader import DatabaseConfigError
+from reference.collector.pipeline import build_collector
+from reference.collector.stop import StopRequest
+from reference.dsn import DSN_ENV
+from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
-DSN_ENV = "NAMEDPIPER_DSN"
+PROGRAM = "collector"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of the reference collector."""
-    p = argparse.ArgumentParser(prog="python -m reference.collector", description=__doc__)
-    p.add_argument("--fifo", required=True, help="FIFO to read; created (mode --fifo-mode) when missing")
-    p.add_argument("--dsn", default=os.environ.get(DSN_ENV, ""),
-                   help=f"PostgreSQL DSN (default ${DSN_ENV}, else libpq's PG* variables)")
-    p.add_argument("--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per COPY (default {BATCH_ROWS})")
-    p.add_argument("--batch-bytes", type=int, default=BATCH_MAX_BYTES,
-                   help=f"bytes per COPY (default {BATCH_MAX_BYTES})")
-    p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL_S,
-                   help=f"seconds before a partly filled batch is sent (default {FLUSH_INTERVAL_S})")
-    p.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
-                   help=f"longer lines are rejected with their first bytes (default {MAX_LINE_BYTES})")
-    p.add_argument("--pipe-size", type=int, default=None,
-                   help="ask for this pipe capacity with F_SETPIPE_SZ (capped at /proc/sys/fs/pipe-max-size)")
-    p.add_argument("--fifo-mode", type=lambda s: int(s, 8), default=DEFAULT_FIFO_MODE,
-                   help="octal mode of a FIFO the collector creates (default 660)")
-    p.add_argument("--no-schema", dest="apply_schema", action="store_false",
-                   help="do not create the tables at start (they must exist)")
-    p.add_argument("--stats-interval", type=float, default=STATS_INTERVAL_S,
-                   help=f"seconds between stats lines (default {STATS_INTERVAL_S})")
-    p.add_argument("--journal", metavar="DIR", default=None,
-                   help="journal folder: raw bytes are kept here until their rows are committed, so a crash or a "
-                        "database outage loses and duplicates nothing")
-    p.add_argument("--fsync", action="store_true",
-                   help="with --journal: fdatasync every read, so the journal also survives a power loss")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+def build_parser() -> configargparse.ArgumentParser:
+    """The command line of the reference collector; each option also reads NAMEDPIPER_COLLECTOR_<OPTION>."""
+    p = env_parser("python -m reference.collector", __doc__)
+
+    def option(*names: str, **kwargs: Any) -> None:
+        add_env_option(p, PROGRAM, *names, **kwargs)
+
+    option("--fifo", required=True, help="FIFO to read; created (mode --fifo-mode) when missing")
+    option("--dsn", env_var=DSN_ENV, default="", help="PostgreSQL DSN (else libpq's PG* variables)")
+    option("--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per COPY (default {BATCH_ROWS})")
+    option("--batch-bytes", type=int, default=BATCH_MAX_BYTES, help=f"bytes per COPY (default {BATCH_MAX_BYTES})")
+    option("--flush-interval", type=float, default=FLUSH_INTERVAL_S,
+           help=f"seconds before a partly filled batch is sent (default {FLUSH_INTERVAL_S})")
+    option("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
+           help=f"longer lines are rejected with their first bytes (default {MAX_LINE_BYTES})")
+    option("--pipe-size", type=int, default=None,
+           help="ask for this pipe capacity with F_SETPIPE_SZ (capped at /proc/sys/fs/pipe-max-size)")
+    option("--fifo-mode", type=lambda s: int(s, 8), default=DEFAULT_FIFO_MODE,
+           help="octal mode of a FIFO the collector creates (default 660)")
+    option("--no-schema", dest="apply_schema", action="store_false",
+           help="do not create the tables at start (they must exist)")
+    option("--stats-interval", type=float, default=STATS_INTERVAL_S,
+           help=f"seconds between stats lines (default {STATS_INTERVAL_S})")
+    option("--journal", metavar="DIR", default=None,
+           help="journal folder: raw bytes are kept here until their rows are committed, so a crash or a "
+                "database outage loses and duplicates nothing")
+    option("--fsync", action="store_true",
+           help="with --journal: fdatasync every read, so the journal also survives a power loss")
+    option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
 
@@ -71,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2
-    collector = Collector(config)
-    signal.signal(signal.SIGTERM, collector.request_stop)
-    signal.signal(signal.SIGINT, collector.request_stop)
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop.request)
+    signal.signal(signal.SIGINT, stop.request)
     try:
-        return collector.run()
+        return build_collector(config, stop).run()
     except (NotAFifoError, FifoPathError, JournalError, DatabaseConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
