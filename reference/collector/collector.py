@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from reference.collector.journal import Journal, JournalError
+from reference.collector.journal import DEFAULT_MAX_BYTES, Journal, JournalError
 from reference.collector.lines import LineSplitter, Oversized
 from reference.collector.loader import Batch, Loader
 from reference.collector.reader import READ_CHUNK_BYTES, FifoReader
@@ -31,6 +31,8 @@ STATS_INTERVAL_S = 10.0
 # With a backlog and the writer's queue full, look again this often: replaying 200,000 journaled lines ran at
 # 16k rows/s when it waited IDLE_WAKE_S for the writer, and this costs about 100 wake-ups a second.
 BACKLOG_WAKE_S = 0.01
+# With the journal full, look this often whether loading has freed room (20 wake-ups a second while stopped).
+JOURNAL_FULL_WAKE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class CollectorConfig:
     stats_interval: float = STATS_INTERVAL_S
     journal: str | None = None
     fsync: bool = False
+    journal_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 class Collector:
@@ -80,7 +83,7 @@ class Collector:
         """The main loop; returns the process exit status."""
         cfg = self.config
         reader = FifoReader(cfg.fifo, mode=cfg.fifo_mode, pipe_size=cfg.pipe_size)
-        self.journal = Journal(cfg.journal, fsync=cfg.fsync) if cfg.journal else None
+        self.journal = Journal(cfg.journal, fsync=cfg.fsync, max_bytes=cfg.journal_max_bytes) if cfg.journal else None
         loader = Loader(cfg.dsn, apply_schema_at_start=cfg.apply_schema,
                         journal_id=self.journal.id if self.journal else None)
         self.writer = BatchWriter(loader, journaled=self.journal is not None)
@@ -128,8 +131,15 @@ class Collector:
             timeout = BACKLOG_WAKE_S  # waiting for the writer thread to take a batch
         else:
             timeout = IDLE_WAKE_S
-        if reader.wait(timeout):
+        if journal.room() == 0:  # disk full or at --journal-max-bytes: the bytes wait in the pipe (back-pressure)
+            time.sleep(min(timeout, JOURNAL_FULL_WAKE_S))
+        elif reader.wait(timeout):
             self.bytes_read += journal.splice_from(reader.fd, READ_CHUNK_BYTES)
+        if reader.retiring and journal.room():  # lines of a FIFO that was removed or replaced (reader.py)
+            extra = reader.take_retired(aligned=journal.ends_with_newline())
+            written = journal.append(extra) if extra else 0
+            reader.give_back(extra[written:])
+            self.bytes_read += written
         if self.parsed_to is None and self.writer.connected.is_set():
             self.parsed_to = self.batch_start_offset = self._replay_start()
         if self.parsed_to is not None and not self._batch_full() and self.parsed_to < journal.end:
