@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -40,6 +41,21 @@ FILE_MODE = 0o600
 # Open flags of every file the journal creates: never through a symlink someone planted, never inherited.
 CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# fallocate(2) modes from <linux/falloc.h>: free the blocks of a range, keeping the file's size and offsets.
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+# Holes are punched in whole pages: a partial page would not free a block anyway.
+HOLE_ALIGN = 4096
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free the disk blocks of [offset, offset+length) in fd; False where the filesystem cannot."""
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) == 0:
+        return True
+    log.debug("cannot punch a hole in the journal: %s", os.strerror(ctypes.get_errno()))
+    return False
 
 
 class JournalError(RuntimeError):
@@ -124,6 +140,7 @@ class Journal:
         last = self._segments[-1]
         self._fd = os.open(self._path(last), os.O_WRONLY | CREATE_FLAGS, FILE_MODE)
         self._segment_size = os.fstat(self._fd).st_size
+        self._hole = 0  # bytes at the start of the open segment whose blocks were freed (unknown after a restart)
         self.end = last + self._segment_size
 
     @property
@@ -133,8 +150,8 @@ class Journal:
 
     @property
     def disk_bytes(self) -> int:
-        """Bytes the segment files hold."""
-        return self.end - self.start
+        """Bytes the segment files hold (the committed start of the open segment, punched out, not counted)."""
+        return self.end - self.start - self._hole
 
     @property
     def full(self) -> bool:
@@ -234,6 +251,7 @@ class Journal:
         self._fd = fd
         self._segments.append(self.end)
         self._segment_size = 0
+        self._hole = 0
         if self.fsync:
             dir_fd = os.open(self.folder, os.O_RDONLY)
             try:
@@ -263,8 +281,9 @@ class Journal:
     def trim(self, committed: int) -> None:
         """Remove segments whose every byte lies below the committed offset.
 
-        While the journal is full, the open segment goes too once all of it is committed: a new, empty one
-        takes its place, so a journal smaller than one segment does not stay full for good.
+        While the journal is full, the committed part of the open segment goes too (a hole is punched, or a new,
+        empty segment takes its place once all of it is committed), so a journal smaller than one segment does
+        not stay full for good.
         """
         trimmed = False
         while len(self._segments) > 1 and self._segments[1] <= committed:
@@ -277,6 +296,13 @@ class Journal:
                 log.debug("cannot start a new journal segment: %s", exc)
             else:
                 self._path(self._segments.pop(0)).unlink(missing_ok=True)
+                trimmed = True
+        elif self.full and len(self._segments) == 1:
+            # A line cut by the full disk keeps the open segment from being committed to its end: free its
+            # committed start instead (offsets do not move; a restart replays from the committed offset).
+            hole = (committed - self.start) // HOLE_ALIGN * HOLE_ALIGN
+            if hole > self._hole and punch_hole(self._fd, 0, hole):
+                self._hole = hole
                 trimmed = True
         if trimmed and self.full:
             self._retry_at = 0.0  # there may be room now: try at once
