@@ -69,6 +69,7 @@ class EmbeddedPostgres:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         self._server = None
+        self._preload_checked = False
 
     def start(self) -> str:
         """Initialise the data folder if needed, start the server unless it runs, and return its DSN."""
@@ -83,7 +84,29 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL in {self.data_dir} did not start ({exc}); see {logfile}, "
                 f"or remove {self.data_dir} to start from an empty database"
             ) from exc
+        if not self._preload_checked and self._preload_timescaledb():
+            self._preload_checked = True
+            self.stop()  # shared_preload_libraries only takes effect at a server start
+            return self.start()
         return self.dsn
+
+    def _preload_timescaledb(self) -> bool:
+        """When TimescaleDB is installed in this server but not preloaded, configure the preload; True if changed."""
+        from reference.schema import timescaledb_available, timescaledb_preloaded
+
+        conn = psycopg2.connect(self.dsn, connect_timeout=10)
+        try:
+            conn.autocommit = True  # ALTER SYSTEM cannot run in a transaction
+            if not timescaledb_available(conn) or timescaledb_preloaded(conn):
+                return False
+            with conn.cursor() as cur:
+                cur.execute("ALTER SYSTEM SET shared_preload_libraries = 'timescaledb'")
+                # No telemetry: tests and load runs talk to 127.0.0.1 and unix sockets only.
+                cur.execute("ALTER SYSTEM SET timescaledb.telemetry_level = 'off'")
+        finally:
+            conn.close()
+        log.info("TimescaleDB is installed in the embedded PostgreSQL: preloading it (one restart)")
+        return True
 
     @property
     def dsn(self) -> str:

@@ -16,6 +16,7 @@ import gevent.os
 import gevent.socket
 
 from reference.fifo import PIPE_BUF
+from reference.fifo_writer import open_fifo_for_writing
 
 # Pause between non-blocking open attempts while the FIFO has no reader (ENXIO): short enough to start
 # writing within ~20 ms of the collector opening, long enough not to spin a core.
@@ -133,7 +134,7 @@ class FifoClient:
         deadline = time.monotonic() + OPEN_TIMEOUT_S
         while True:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = open_fifo_for_writing(self.path)  # refuses a path that is no FIFO anymore
                 self.close()
                 self.fd, self._broken = fd, False
                 return

@@ -52,7 +52,11 @@ class CollectorProcess:
         self.argv = [part.format(fifo=fifo, dsn=dsn, python=sys.executable, journal=journal)
                      for part in shlex.split(template)]
         self.shown = " ".join(shlex.quote(redact(a)) for a in self.argv)
+        if "{dsn}" in template and redact(dsn) != dsn:
+            log.warning("--collector-cmd puts a DSN with a password on the collector's command line, where every "
+                        "local user can read it; drop {dsn}: the collector gets it in NAMEDPIPER_DSN")
         self.fifo = fifo
+        self.env = {**os.environ, "NAMEDPIPER_DSN": dsn}  # the DSN in the environment, never on the command line
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -64,7 +68,7 @@ class CollectorProcess:
         with open(self.log_path, "ab") as out:
             try:
                 self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+                                             stdin=subprocess.DEVNULL, env=self.env)
             except OSError as exc:
                 raise CollectorError(f"cannot run the collector command {self.argv[0]!r}: {exc.strerror} "
                                      "(check --collector-cmd)") from exc

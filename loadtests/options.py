@@ -7,7 +7,9 @@ from reference.sizes import parse_size
 # Seconds the harness waits after the users stop for what was sent to land before it stops the collector.
 DRAIN_TIMEOUT_S = 30.0
 # Placeholders: {python} this interpreter, {fifo}, {dsn}, {journal} a folder in the run's report folder.
-DEFAULT_COLLECTOR_CMD = "{python} -m reference.collector --fifo {fifo} --dsn {dsn} --stats-interval 5"
+# No {dsn} by default: the collector gets it in NAMEDPIPER_DSN, since a password on a command line is visible to
+# every local user (/proc/PID/cmdline).
+DEFAULT_COLLECTOR_CMD = "{python} -m reference.collector --fifo {fifo} --stats-interval 5"
 
 
 def add_options(parser) -> None:

@@ -20,7 +20,7 @@ import orjson
 
 from reference.envargs import add_env_option, env_parser
 from reference.events import EventFactory, filler_text, record_pool
-from reference.fifo import describe_kind
+from reference.fifo import NotAFifoError, describe_kind
 from reference.fifo_writer import FifoWriter, WriterStats
 from reference.framing import PACK_TO_PIPE_BUF, frames
 from reference.sizes import MAX_RUN_ID_LENGTH, MAX_SOURCE_LENGTH, SizeRange, parse_size
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = run(args)
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, NotAFifoError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(summary).decode(), flush=True)

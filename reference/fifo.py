@@ -34,6 +34,10 @@ class FifoPathError(OSError):
     """The FIFO cannot be created where it was asked for."""
 
 
+class FifoPermissionError(FifoPathError):
+    """An existing FIFO belongs to another user or lets more users in than --fifo-mode."""
+
+
 def describe_kind(mode: int) -> str:
     """Name the file type of an lstat mode in words a user recognises."""
     for test, name in (
@@ -49,29 +53,93 @@ def describe_kind(mode: int) -> str:
     return "not a FIFO"
 
 
+def _create(path: Path, mode: int) -> bool:
+    """mkfifo path unless something is there already; True when this call created it."""
+    try:
+        os.lstat(path)
+        return False
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkfifo(path, mode)
+    except FileExistsError:
+        return False  # someone else made it in between: checked like any existing FIFO
+    except FileNotFoundError:
+        raise FifoPathError(f"cannot create the FIFO {path}: the folder {path.parent} does not exist; "
+                            "create it or choose another path") from None
+    except PermissionError:
+        raise FifoPathError(f"cannot create the FIFO {path}: no permission to write in {path.parent}; "
+                            "choose another path or run as a user who may") from None
+    return True
+
+
+def _open_checked(path: Path) -> tuple[int, os.stat_result]:
+    """Open path for reading without following a symlink and without waiting for a writer; refuse a non-FIFO.
+
+    The path is looked at first (opening a device can have side effects), then the open descriptor is checked
+    again: whatever replaced the path in between is what was opened, and it is what gets refused.
+    """
+    st = os.lstat(path)
+    if stat.S_ISFIFO(st.st_mode):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise FifoPathError(f"cannot open the FIFO {path}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if stat.S_ISFIFO(st.st_mode):
+            return fd, st
+        os.close(fd)
+    raise NotAFifoError(
+        f"{path} exists and is {describe_kind(st.st_mode)}, not a FIFO; "
+        f"remove it or choose another path (a FIFO is created there when the path is free)"
+    )
+
+
 def ensure_fifo(path: str | os.PathLike[str], mode: int = DEFAULT_FIFO_MODE) -> Path:
     """Create the FIFO at path with mode, or accept an existing FIFO; refuse anything else."""
     path = Path(path)
+    created = _create(path, mode)
+    fd, _ = _open_checked(path)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            os.mkfifo(path, mode)
-        except FileNotFoundError:
-            raise FifoPathError(f"cannot create the FIFO {path}: the folder {path.parent} does not exist; "
-                                "create it or choose another path") from None
-        except PermissionError:
-            raise FifoPathError(f"cannot create the FIFO {path}: no permission to write in {path.parent}; "
-                                "choose another path or run as a user who may") from None
-        # mkfifo applies the umask; chmod makes the mode exactly what was asked for.
-        os.chmod(path, mode)
-        return path
-    if not stat.S_ISFIFO(st.st_mode):
-        raise NotAFifoError(
-            f"{path} exists and is {describe_kind(st.st_mode)}, not a FIFO; "
-            f"remove it or choose another path (a FIFO is created there when the path is free)"
-        )
+        if created:
+            os.fchmod(fd, mode)  # mkfifo applied the umask; through the descriptor, never the path (symlink race)
+    finally:
+        os.close(fd)
     return path
+
+
+def open_fifo_for_reading(path: str | os.PathLike[str], mode: int = DEFAULT_FIFO_MODE) -> int:
+    """A non-blocking read descriptor of the FIFO at path, created with exactly mode when missing.
+
+    An existing FIFO must belong to this user (or root) and allow no more than mode: a FIFO another user
+    planted (in a shared folder, say) would let that user read the lines or forge rows.
+    """
+    path = Path(path)
+    created = _create(path, mode)
+    fd, st = _open_checked(path)
+    try:
+        if created and st.st_uid == os.geteuid():
+            os.fchmod(fd, mode)
+            st = os.fstat(fd)
+        check_fifo_access(path, st, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_fifo_access(path: str | os.PathLike[str], st: os.stat_result, mode: int) -> None:
+    """Refuse a FIFO owned by another user (root is fine) or with more permissions than mode."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise FifoPermissionError(
+            f"the FIFO {path} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}) or root: its owner "
+            "can read the lines or give others access; remove it and let the collector create it")
+    extra = stat.S_IMODE(st.st_mode) & ~mode
+    if extra:
+        raise FifoPermissionError(
+            f"the FIFO {path} has mode {stat.S_IMODE(st.st_mode):04o}, more than --fifo-mode {mode:04o} allows "
+            f"(extra {extra:04o}): those users could read lines or forge rows; run `chmod {mode:o} {path}` or "
+            "pass the --fifo-mode you mean")
 
 
 def pipe_max_size() -> int:

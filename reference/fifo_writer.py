@@ -6,10 +6,28 @@ import errno
 import logging
 import os
 import select
+import stat
 import time
 from dataclasses import asdict, dataclass
 
+from reference.fifo import NotAFifoError, describe_kind
+
 log = logging.getLogger(__name__)
+
+
+def open_fifo_for_writing(path: str) -> int:
+    """A non-blocking write descriptor of the FIFO at path; refuses a path that is no FIFO (anymore).
+
+    Checked on the open descriptor, at every (re)open: a FIFO replaced by a regular file would otherwise take
+    the lines into that file, with every write reported as delivered.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISFIFO(mode):
+        os.close(fd)
+        raise NotAFifoError(f"{path} is {describe_kind(mode)}, not a FIFO (was the FIFO removed or replaced?); "
+                            "nothing was written to it: point --fifo at the collector's FIFO")
+    return fd
 
 # How often a writer with no reader checks whether one has appeared: a blocking writer sleeps in between,
 # a non-blocking one drops (and counts) its lines in between. Either way no busy loop.
@@ -56,10 +74,11 @@ class FifoWriter:
         waiting = False
         while True:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = open_fifo_for_writing(self.path)
                 break
             except OSError as exc:
-                if exc.errno != errno.ENXIO:
+                # ENOENT: the collector is recreating a removed FIFO; wait for it as for a reader.
+                if exc.errno not in (errno.ENXIO, errno.ENOENT):
                     raise
             if self.nonblocking or self.should_stop():
                 return False

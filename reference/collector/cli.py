@@ -16,7 +16,14 @@ from reference.collector.collector import (
     STATS_INTERVAL_S,
     CollectorConfig,
 )
-from reference.collector.journal import JournalError
+from reference.collector.credentials import (
+    ARGUMENT_DSN_WARNING,
+    DsnFileError,
+    dsn_given_as_argument,
+    has_password,
+    read_dsn_file,
+)
+from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
 from reference.collector.loader import DatabaseConfigError
 from reference.collector.pipeline import build_collector
 from reference.collector.stop import StopRequest
@@ -26,6 +33,9 @@ from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 PROGRAM = "collector"
+# --journal-max-bytes holds at least this many of the longest lines: an unfinished line plus a quarter-limit
+# segment then never fill the journal, so loading can always free room.
+JOURNAL_LINES_HELD = 4
 
 
 def build_parser() -> configargparse.ArgumentParser:
@@ -36,7 +46,11 @@ def build_parser() -> configargparse.ArgumentParser:
         add_env_option(p, PROGRAM, *names, **kwargs)
 
     option("--fifo", required=True, help="FIFO to read; created (mode --fifo-mode) when missing")
-    option("--dsn", env_var=DSN_ENV, default="", help="PostgreSQL DSN (else libpq's PG* variables)")
+    option("--dsn", env_var=DSN_ENV, default="",
+           help=f"PostgreSQL DSN (${DSN_ENV}, else libpq's PG* variables); a password here is visible to every "
+                "local user: prefer the variable, --dsn-file or PGPASSFILE")
+    option("--dsn-file", metavar="FILE", default=None,
+           help="read the DSN from the first line of FILE (mode 600), keeping a password off the command line")
     option("--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per COPY (default {BATCH_ROWS})")
     option("--batch-bytes", type=int, default=BATCH_MAX_BYTES, help=f"bytes per COPY (default {BATCH_MAX_BYTES})")
     option("--flush-interval", type=float, default=FLUSH_INTERVAL_S,
@@ -54,6 +68,10 @@ def build_parser() -> configargparse.ArgumentParser:
     option("--journal", metavar="DIR", default=None,
            help="journal folder: raw bytes are kept here until their rows are committed, so a crash or a "
                 "database outage loses and duplicates nothing")
+    option("--journal-max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+           help=f"with --journal: at most this many bytes on disk; when reached (or the disk is full) the "
+                f"collector stops reading the FIFO until loaded bytes are removed, so writers wait "
+                f"(default {DEFAULT_MAX_BYTES}, 4 GiB; 0: only the disk limits it)")
     option("--fsync", action="store_true",
            help="with --journal: fdatasync every read, so the journal also survives a power loss")
     option("-v", "--verbose", action="store_true", help="log at debug level")
@@ -69,11 +87,27 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be 1 or more", file=sys.stderr)
             return 2
+    if args.journal_max_bytes and args.journal_max_bytes < JOURNAL_LINES_HELD * args.max_line_bytes:
+        print(f"error: --journal-max-bytes must be 0 or at least {JOURNAL_LINES_HELD} x --max-line-bytes "
+              f"({JOURNAL_LINES_HELD * args.max_line_bytes}), so the longest line fits", file=sys.stderr)
+        return 2
+    raw_argv = sys.argv[1:] if argv is None else argv
+    if args.dsn_file:
+        if dsn_given_as_argument(raw_argv) and args.dsn:
+            print("error: give --dsn or --dsn-file, not both", file=sys.stderr)
+            return 2
+        try:
+            args.dsn = read_dsn_file(args.dsn_file)
+        except DsnFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif dsn_given_as_argument(raw_argv) and has_password(args.dsn):
+        logging.getLogger("reference.collector").warning(ARGUMENT_DSN_WARNING.format(pid=os.getpid()))
     config = CollectorConfig(
         fifo=args.fifo, dsn=args.dsn, batch_rows=args.batch_rows, batch_bytes=args.batch_bytes,
         flush_interval=args.flush_interval, max_line_bytes=args.max_line_bytes, pipe_size=args.pipe_size,
         fifo_mode=args.fifo_mode, apply_schema=args.apply_schema, stats_interval=args.stats_interval,
-        journal=args.journal, fsync=args.fsync)
+        journal=args.journal, fsync=args.fsync, journal_max_bytes=args.journal_max_bytes)
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2

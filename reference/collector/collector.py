@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reference.collector.journal import DEFAULT_MAX_BYTES
 from reference.collector.lines import LineSplitter, Oversized
 from reference.collector.model import Batch, BatchLimits, Rejection
 from reference.collector.sink import Sink
@@ -53,6 +54,7 @@ class CollectorConfig:
     stats_interval: float = STATS_INTERVAL_S
     journal: str | None = None
     fsync: bool = False
+    journal_max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def limits(self) -> BatchLimits:

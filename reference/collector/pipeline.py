@@ -17,7 +17,7 @@ def open_source(config: CollectorConfig) -> Source:
     if not config.journal:
         return FifoSource(reader)
     try:
-        journal = Journal(config.journal, fsync=config.fsync)
+        journal = Journal(config.journal, fsync=config.fsync, max_bytes=config.journal_max_bytes)
     except BaseException:
         reader.close()
         raise

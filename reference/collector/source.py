@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,6 +11,9 @@ from reference.collector.journal import Journal, JournalError
 from reference.collector.reader import READ_CHUNK_BYTES, FifoReader
 
 log = logging.getLogger(__name__)
+
+# With the journal full, look this often whether loading has freed room (20 wake-ups a second while stopped).
+JOURNAL_FULL_WAKE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +166,23 @@ class JournaledSource:
         self.taken = 0
 
     def wait(self, timeout: float) -> None:
-        """Wait for bytes and move them into the journal."""
-        if self._open and self.reader.wait(timeout):
+        """Wait for bytes and move them into the journal; a full journal leaves them in the pipe (back-pressure)."""
+        if not self._open:
+            return
+        if self.journal.room() == 0:  # disk full or at --journal-max-bytes: writers wait until loading frees room
+            time.sleep(min(timeout, JOURNAL_FULL_WAKE_S))
+        elif self.reader.wait(timeout):
             self.taken += self.journal.splice_from(self.reader.fd, READ_CHUNK_BYTES)
+        self._take_retired()
+
+    def _take_retired(self) -> None:
+        """Journal the whole lines of a FIFO that was removed or replaced and is still read (reader.py)."""
+        if not (self.reader.retiring and self.journal.room()):
+            return
+        extra = self.reader.take_retired(aligned=self.journal.ends_with_newline())
+        written = self.journal.append(extra) if extra else 0
+        self.reader.give_back(extra[written:])
+        self.taken += written
 
     @property
     def backlog(self) -> int:
@@ -216,6 +234,11 @@ class JournaledSource:
             return
         while self.reader.waiting() > 0 and (moved := self.journal.splice_from(self.reader.fd, READ_CHUNK_BYTES)):
             self.taken += moved
+        while self.reader.retiring and self.journal.room():
+            before = self.taken
+            self._take_retired()
+            if self.taken == before:
+                break
         self.reader.close()
         self._open = False
 

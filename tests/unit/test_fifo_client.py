@@ -84,3 +84,33 @@ class TestFifoClientUnderGevent:
         assert r["dropped"] > 0
         assert r["failures"] == r["dropped"]
         assert r["requests"] == r["sent"] + r["dropped"]
+
+
+
+RECHECK_SCRIPT = textwrap.dedent("""
+    import json, os, sys, tempfile
+    from locust.env import Environment
+    from loadtests.fifo_client import FifoClient, SourceCounts
+
+    path = os.path.join(tempfile.mkdtemp(), "f")
+    open(path, "wb").close()  # the FIFO was replaced by a regular file
+    env = Environment()
+    failures = []
+    env.events.request.add_listener(lambda exception=None, **_kw: failures.append(repr(exception)))
+    client = FifoClient(env, path, SourceCounts(), drop_when_full=True)
+    delivered = client.write([b"line\\n"], "small")
+    print(json.dumps({"delivered": delivered, "size": os.path.getsize(path), "failures": failures}))
+""")
+
+
+class TestFifoClientRecheck:
+    """The Locust client re-checks at every open that the path is still a FIFO."""
+
+    def test_a_regular_file_at_the_path_is_refused(self):
+        """A FIFO replaced by a regular file: the write fails as a request and nothing lands in the file."""
+        done = subprocess.run([sys.executable, "-c", RECHECK_SCRIPT], capture_output=True, text=True, timeout=60,
+                              check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["delivered"] is False
+        assert result["size"] == 0
+        assert "not a FIFO" in result["failures"][0]
