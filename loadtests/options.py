@@ -10,10 +10,15 @@ DRAIN_TIMEOUT_S = 30.0
 # No {dsn} by default: the collector gets it in NAMEDPIPER_DSN, since a password on a command line is visible to
 # every local user (/proc/PID/cmdline).
 DEFAULT_COLLECTOR_CMD = "{python} -m reference.collector --fifo {fifo} --stats-interval 5"
+WEB_HOST = "127.0.0.1"
 
 
 def add_options(parser) -> None:
     """Register every namedpiper option on Locust's parser (called from init_command_line_parser)."""
+
+    # Locust binds its web UI to every interface by default; the harness answers on this machine only
+    # (--web-host or LOCUST_WEB_HOST to choose otherwise).
+    parser.set_defaults(web_host=WEB_HOST)
 
     def option(name: str, **kwargs) -> None:
         env = "NAMEDPIPER_" + name.lstrip("-").upper().replace("-", "_")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 from loadtests.lifecycle import CollectorProcess
 from loadtests.options import DEFAULT_COLLECTOR_CMD
 
@@ -16,3 +21,26 @@ class TestDefaultCollectorCommand:
         proc = CollectorProcess(DEFAULT_COLLECTOR_CMD, str(tmp_path / "f"), DSN, tmp_path / "collector.log")
         assert not any("s3cret" in arg for arg in proc.argv)
         assert proc.env["NAMEDPIPER_DSN"] == DSN
+
+
+# Locust monkey-patches the process on import: its parser is built in a child interpreter.
+WEB_HOST_SCRIPT = """
+import json, sys
+from locust import argument_parser
+from loadtests.options import add_options
+parser = argument_parser.get_empty_argument_parser(add_help=False)
+argument_parser.setup_parser_arguments(parser)
+add_options(parser)
+print(json.dumps([parser.parse_args([]).web_host, parser.parse_args(["--web-host", "10.0.0.5"]).web_host]))
+"""
+
+
+class TestWebUiBinding:
+    """The harness's web UI answers on this machine only unless told otherwise."""
+
+    def test_the_web_ui_binds_loopback_by_default(self):
+        """Locust's parser with the harness's options: --web-host defaults to 127.0.0.1, and can be set."""
+        env = {k: v for k, v in os.environ.items() if k != "LOCUST_WEB_HOST"}
+        done = subprocess.run([sys.executable, "-c", WEB_HOST_SCRIPT], capture_output=True, text=True, timeout=60,
+                              check=True, env=env)
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == ["127.0.0.1", "10.0.0.5"]
