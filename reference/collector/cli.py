@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from reference import VERSION_TEXT
 from reference.collector.collector import (
     BATCH_MAX_BYTES,
     BATCH_ROWS,
@@ -22,11 +23,17 @@ from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 DSN_ENV = "NAMEDPIPER_DSN"
+# libpq reads these itself: any of them set means the user chose a server without --dsn.
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
+NO_DSN_MESSAGE = (f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
+                  f"({', '.join(LIBPQ_ENV)}, PGUSER, PGPASSFILE ...); for a local test database run "
+                  "`python -m loadtests.database start` and pass the DSN it prints")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the reference collector."""
     p = argparse.ArgumentParser(prog="python -m reference.collector", description=__doc__)
+    p.add_argument("--version", action="version", version=VERSION_TEXT)
     p.add_argument("--fifo", required=True, help="FIFO to read; created (mode --fifo-mode) when missing")
     p.add_argument("--dsn", default=os.environ.get(DSN_ENV, ""),
                    help=f"PostgreSQL DSN (default ${DSN_ENV}, else libpq's PG* variables)")
@@ -68,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         flush_interval=args.flush_interval, max_line_bytes=args.max_line_bytes, pipe_size=args.pipe_size,
         fifo_mode=args.fifo_mode, apply_schema=args.apply_schema, stats_interval=args.stats_interval,
         journal=args.journal, fsync=args.fsync)
+    if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
+        print(NO_DSN_MESSAGE, file=sys.stderr)
+        return 2
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2
