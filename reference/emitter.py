@@ -18,6 +18,7 @@ from typing import Any
 import configargparse
 import orjson
 
+from reference import VERSION_TEXT
 from reference.envargs import add_env_option, env_parser
 from reference.events import EventFactory, filler_text, record_pool
 from reference.fifo import NotAFifoError, describe_kind
@@ -53,6 +54,8 @@ class EmitterConfig:
 
 
 _stop_requested = False
+# Exit status when a signal stopped the emitter before it sent what it was asked to (the summary is printed).
+EXIT_STOPPED_SHORT = 3
 
 
 def _request_stop(signum: int, frame: object) -> None:
@@ -183,6 +186,7 @@ def _size(text: str) -> SizeRange:
 def build_parser() -> configargparse.ArgumentParser:
     """The command line of the reference emitter; each option also reads NAMEDPIPER_EMITTER_<OPTION>."""
     p = env_parser("python -m reference.emitter", __doc__)
+    p.add_argument("--version", action="version", version=VERSION_TEXT)
 
     def option(*names: str, target: Any = p, **kwargs: Any) -> None:
         add_env_option(target, PROGRAM, *names, **kwargs)
@@ -236,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(MAX_PACING_SLEEP_S)
         if _stop_requested:
             log.warning("stopped before %s appeared; nothing was written", args.fifo)
-            return 0
+            print(orjson.dumps({"run": args.run_id, "writers": args.writers, "size": str(args.size),
+                                **WriterStats().as_dict(), "elapsed_seconds": 0, "lines_per_second": None,
+                                "sources": []}).decode(), flush=True)
+            return EXIT_STOPPED_SHORT
     if os.path.exists(args.fifo) and not stat.S_ISFIFO(os.stat(args.fifo).st_mode):
         print(f"error: {args.fifo} is {describe_kind(os.stat(args.fifo).st_mode)}, not a FIFO; "
               "point --fifo at the collector's FIFO", file=sys.stderr)
@@ -247,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(summary).decode(), flush=True)
-    return 0
+    short = (args.count is not None and summary["lines_sent"] + summary["lines_dropped"] < args.count) or \
+        (args.duration is not None and _stop_requested)
+    return EXIT_STOPPED_SHORT if short else 0
 
 
 if __name__ == "__main__":

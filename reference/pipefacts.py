@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from reference import VERSION_TEXT
 from reference.fifo import PIPE_BUF, ensure_fifo, get_pipe_size, pipe_max_size, set_pipe_size
 from reference.torn_lines import (
     DEFAULT_LINES,
@@ -314,6 +315,7 @@ def format_table(facts: Sequence[Fact]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure every fact and print a table or JSON; return 1 if a measurement failed."""
     parser = argparse.ArgumentParser(prog="python -m reference.pipefacts", description=__doc__)
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                         help="comma-separated torn-line sizes in bytes, newline included (%(default)s)")

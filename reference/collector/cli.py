@@ -10,6 +10,7 @@ from typing import Any
 
 import configargparse
 
+from reference import VERSION_TEXT
 from reference.collector.collector import (
     BATCH_MAX_BYTES,
     BATCH_ROWS,
@@ -34,6 +35,11 @@ from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 PROGRAM = "collector"
+# libpq reads these itself: any of them set means the user chose a server without --dsn.
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
+NO_DSN_MESSAGE = (f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
+                  f"({', '.join(LIBPQ_ENV)}, PGUSER, PGPASSFILE ...); for a local test database run "
+                  "`python -m loadtests.database start` and pass the DSN it prints")
 # --journal-max-bytes holds at least this many of the longest lines: an unfinished line plus a quarter-limit
 # segment then never fill the journal, so loading can always free room.
 JOURNAL_LINES_HELD = 4
@@ -42,6 +48,7 @@ JOURNAL_LINES_HELD = 4
 def build_parser() -> configargparse.ArgumentParser:
     """The command line of the reference collector; each option also reads NAMEDPIPER_COLLECTOR_<OPTION>."""
     p = env_parser("python -m reference.collector", __doc__)
+    p.add_argument("--version", action="version", version=VERSION_TEXT)
 
     def option(*names: str, **kwargs: Any) -> None:
         add_env_option(p, PROGRAM, *names, **kwargs)
@@ -109,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         flush_interval=args.flush_interval, max_line_bytes=args.max_line_bytes, pipe_size=args.pipe_size,
         fifo_mode=args.fifo_mode, apply_schema=args.apply_schema, stats_interval=args.stats_interval,
         journal=args.journal, fsync=args.fsync, journal_max_bytes=args.journal_max_bytes)
+    if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
+        print(NO_DSN_MESSAGE, file=sys.stderr)
+        return 2
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2
