@@ -13,6 +13,7 @@ from reference.collector.collector import (
     BATCH_MAX_BYTES,
     BATCH_ROWS,
     FLUSH_INTERVAL_S,
+    REJECT_KEEP_BYTES,
     STATS_INTERVAL_S,
     CollectorConfig,
 )
@@ -20,6 +21,7 @@ from reference.collector.journal import JournalError
 from reference.collector.loader import DatabaseConfigError
 from reference.collector.pipeline import build_collector
 from reference.collector.stop import StopRequest
+from reference.collector.writer import STOP_GRACE_S
 from reference.dsn import DSN_ENV
 from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
@@ -56,6 +58,12 @@ def build_parser() -> configargparse.ArgumentParser:
                 "database outage loses and duplicates nothing")
     option("--fsync", action="store_true",
            help="with --journal: fdatasync every read, so the journal also survives a power loss")
+    option("--reject-keep-bytes", type=int, default=REJECT_KEEP_BYTES,
+           help="logs_rejected keeps this many first bytes of a rejected line, with its full length and SHA-256 "
+                f"(default {REJECT_KEEP_BYTES})")
+    option("--stop-timeout", dest="stop_grace", type=float, default=STOP_GRACE_S,
+           help="without --journal: seconds a stop waits for a database that cannot take the lines read before "
+                f"giving them up and counting them, exit status 4 (default {STOP_GRACE_S:g})")
     option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s collector %(levelname)s %(message)s", stream=sys.stderr)
-    for name in ("batch_rows", "batch_bytes", "max_line_bytes"):
+    for name in ("batch_rows", "batch_bytes", "max_line_bytes", "reject_keep_bytes"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be 1 or more", file=sys.stderr)
             return 2
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         fifo=args.fifo, dsn=args.dsn, batch_rows=args.batch_rows, batch_bytes=args.batch_bytes,
         flush_interval=args.flush_interval, max_line_bytes=args.max_line_bytes, pipe_size=args.pipe_size,
         fifo_mode=args.fifo_mode, apply_schema=args.apply_schema, stats_interval=args.stats_interval,
-        journal=args.journal, fsync=args.fsync)
+        journal=args.journal, fsync=args.fsync, reject_keep_bytes=args.reject_keep_bytes, stop_grace=args.stop_grace)
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2
