@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -190,6 +191,108 @@ class TestStatementTimeout:
         else:
             assert status == 4, text
             assert "100 lines read were not stored" in text
+
+
+class TestRecoveryAndLocks:
+    """Item 4: a corrected setting is picked up, and a statement stuck on a lock does not hold a stop hostage."""
+
+    def test_reset_statement_timeout_lets_lines_land(self, dsn, role, fifo_path, collector, query, wait_for_rows):
+        """After ALTER ROLE ... RESET statement_timeout the collector's retries reach a fresh session and load."""
+        name, role_dsn = role
+        query(dsn, f"ALTER ROLE \"{name}\" SET statement_timeout = '1ms'")
+        query(dsn, SLOW_TRIGGER_SQL)
+        handle = collector(fifo_path, role_dsn, "--no-schema")
+        write_fifo(fifo_path, event_lines("reset", 100))
+        time.sleep(3)
+        assert tagged(query, dsn, "reset") == (0, 0)
+        query(dsn, f"ALTER ROLE \"{name}\" RESET statement_timeout")
+        # The backoff grows to its 5 s cap within 6.3 s of trouble, then each retry takes a fresh session.
+        wait_for_rows(dsn, "data->>'tag' = 'reset'", 100, timeout=30)
+        assert handle.stop() == 0
+        assert "taking batches again" in handle.log()
+
+    @pytest.mark.parametrize("journal", [False, True], ids=["plain", "journal"])
+    def test_sigterm_while_a_copy_waits_for_a_lock(self, journal, dsn, fifo_path, tmp_path, collector, query,
+                                                  wait_for_rows):
+        """A COPY stuck behind a lock is cancelled once the stop's grace is over: exit within 10 s, lines counted."""
+        extra = ["--journal", str(tmp_path / "journal")] if journal else []
+        handle = collector(fifo_path, dsn, *extra)
+        blocker = psycopg2.connect(dsn)
+        try:
+            with blocker.cursor() as cur:
+                cur.execute("LOCK TABLE logs IN ACCESS EXCLUSIVE MODE")
+            write_fifo(fifo_path, event_lines("locked", 100))
+            time.sleep(1)
+            started = time.monotonic()
+            status = handle.stop(timeout=30)
+            took = time.monotonic() - started
+        finally:
+            blocker.close()
+        text = handle.log()
+        log.info("SIGTERM to exit %.2f s behind a lock; status %d", took, status)
+        assert took < SIGTERM_BOUND_S, text
+        if journal:
+            assert status == 0, text
+            again = collector(fifo_path, dsn, *extra)
+            wait_for_rows(dsn, "data->>'tag' = 'locked'", 100)
+            assert tagged(query, dsn, "locked") == (100, 100)
+            assert again.stop() == 0
+        else:
+            assert status == 4, text
+            assert "100 lines read were not stored" in text
+
+
+@pytest.fixture
+def small_tablespace(dsn: str) -> Iterator[str]:
+    """A tablespace on a 2 MiB tmpfs (the server's disk filling up), removed after the test; needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("a full server disk is simulated with a small tmpfs, which only root may mount")
+    folder = Path(tempfile.mkdtemp(prefix="namedpiper-small-ts-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
+    name = f"np_small_{secrets.token_hex(4)}"
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SHOW data_directory")
+            (data_dir,) = cur.fetchone()
+            owner = os.stat(data_dir)
+            os.chown(folder, owner.st_uid, owner.st_gid)  # the server's own user must own a tablespace's folder
+            cur.execute(sql.SQL("CREATE TABLESPACE {} LOCATION %s").format(sql.Identifier(name)), (str(folder),))
+        yield name
+        with admin.cursor() as cur:
+            cur.execute("ALTER TABLE logs SET TABLESPACE pg_default")
+            cur.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
+    finally:
+        admin.close()
+        subprocess.run(["umount", str(folder)], check=False)
+        folder.rmdir()
+
+
+class TestServerDiskFull:
+    """Item 4: a full disk on the server is named as such and retried with backoff until space returns."""
+
+    def test_disk_full_is_retried_and_everything_lands(self, dsn, small_tablespace, fifo_path, collector, query,
+                                                      wait_for_rows):
+        """COPY into a full tablespace: one warning naming the disk, no reconnect storm, every line lands after."""
+        query(dsn, f'ALTER TABLE logs SET TABLESPACE "{small_tablespace}"')  # name: letters, digits, _
+        handle = collector(fifo_path, dsn)
+        writer = threading.Thread(target=write_fifo, args=(fifo_path, event_lines("disk", 20_000)))
+        writer.start()
+        try:
+            handle.wait_for_log("short of resources")
+            time.sleep(2)
+            query(dsn, "ALTER TABLE logs SET TABLESPACE pg_default")
+            writer.join(timeout=60)
+            wait_for_rows(dsn, "data->>'tag' = 'disk'", 20_000, timeout=60)
+        finally:
+            writer.join(timeout=60)
+        text = handle.log()
+        assert tagged(query, dsn, "disk") == (20_000, 20_000)
+        assert text.count("short of resources") == 1, text
+        assert "SQLSTATE 53100 disk_full" in text
+        assert "connection lost" not in text
+        assert handle.stop() == 0
 
 
 class TestSchemaChangeMidRun:
