@@ -15,6 +15,7 @@ from reference.collector.collector import (
     BATCH_MAX_BYTES,
     BATCH_ROWS,
     FLUSH_INTERVAL_S,
+    REJECT_KEEP_BYTES,
     STATS_INTERVAL_S,
     CollectorConfig,
 )
@@ -29,6 +30,7 @@ from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
 from reference.collector.loader import DatabaseConfigError
 from reference.collector.pipeline import build_collector
 from reference.collector.stop import StopRequest
+from reference.collector.writer import STOP_GRACE_S
 from reference.dsn import DSN_ENV
 from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
@@ -82,6 +84,12 @@ def build_parser() -> configargparse.ArgumentParser:
                 f"(default {DEFAULT_MAX_BYTES}, 4 GiB; 0: only the disk limits it)")
     option("--fsync", action="store_true",
            help="with --journal: fdatasync every read, so the journal also survives a power loss")
+    option("--reject-keep-bytes", type=int, default=REJECT_KEEP_BYTES,
+           help="logs_rejected keeps this many first bytes of a rejected line, with its full length and SHA-256 "
+                f"(default {REJECT_KEEP_BYTES})")
+    option("--stop-timeout", dest="stop_grace", type=float, default=STOP_GRACE_S,
+           help="without --journal: seconds a stop waits for a database that cannot take the lines read before "
+                f"giving them up and counting them, exit status 4 (default {STOP_GRACE_S:g})")
     option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s collector %(levelname)s %(message)s", stream=sys.stderr)
-    for name in ("batch_rows", "batch_bytes", "max_line_bytes"):
+    for name in ("batch_rows", "batch_bytes", "max_line_bytes", "reject_keep_bytes"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be 1 or more", file=sys.stderr)
             return 2
@@ -115,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         fifo=args.fifo, dsn=args.dsn, batch_rows=args.batch_rows, batch_bytes=args.batch_bytes,
         flush_interval=args.flush_interval, max_line_bytes=args.max_line_bytes, pipe_size=args.pipe_size,
         fifo_mode=args.fifo_mode, apply_schema=args.apply_schema, stats_interval=args.stats_interval,
-        journal=args.journal, fsync=args.fsync, journal_max_bytes=args.journal_max_bytes)
+        journal=args.journal, fsync=args.fsync, journal_max_bytes=args.journal_max_bytes,
+        reject_keep_bytes=args.reject_keep_bytes, stop_grace=args.stop_grace)
     if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
         print(NO_DSN_MESSAGE, file=sys.stderr)
         return 2

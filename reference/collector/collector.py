@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 from reference.collector.journal import DEFAULT_MAX_BYTES
 from reference.collector.lines import LineSplitter, Oversized
 from reference.collector.model import Batch, BatchLimits, Rejection
-from reference.collector.sink import Sink
+from reference.collector.sink import Sink, SinkRefused
 from reference.collector.source import Chunk, Source
 from reference.collector.stop import StopRequest
 from reference.collector.validate import parse_line
+from reference.collector.writer import STOP_GRACE_S
 from reference.fifo import DEFAULT_FIFO_MODE
 from reference.sizes import MAX_LINE_BYTES
 
@@ -33,6 +35,20 @@ STATS_INTERVAL_S = 10.0
 # With a backlog and the writer's queue full, look again this often: replaying 200,000 journaled lines ran at
 # 16k rows/s when it waited IDLE_WAKE_S for the writer, and this costs about 100 wake-ups a second.
 BACKLOG_WAKE_S = 0.01
+
+# Exit statuses of a run (2, for a collector that cannot start, is the command line's).
+EXIT_OK = 0  # stopped on request; every line read is stored (or, with a journal, kept there for the next start)
+EXIT_REFUSED = 3  # the database refuses the writes (privileges, schema): one error line with cause, fix and count
+EXIT_UNSTORED = 4  # stopped on request without a journal while the database could not take every line read
+# logs_rejected keeps this much of a rejected line, beside its full length and SHA-256: enough to identify the
+# writer and the event, while a flood of 1 MiB garbage lines cannot fill the database (or the batches in memory).
+REJECT_KEEP_BYTES = 64 * 1024
+
+# A rejected line at least this long makes the collector collect young garbage cycles after the read: a parser
+# that raises keeps the line alive in a cycle (exception, traceback, frame) until the cyclic GC runs, and the GC
+# counts objects, not bytes: 200 garbage lines of 1 MiB peaked at 137 MiB RSS without this, 10 MiB-ish cycles
+# at a time. A young-generation collection costs microseconds, once per read.
+LARGE_REJECTION_BYTES = 64 * 1024
 
 # parse_line's contract: (COPY row or None, rejections with .reason and .raw).
 LineParser = Callable[[bytes], tuple[bytes | None, list]]
@@ -55,6 +71,8 @@ class CollectorConfig:
     journal: str | None = None
     fsync: bool = False
     journal_max_bytes: int = DEFAULT_MAX_BYTES
+    reject_keep_bytes: int = REJECT_KEEP_BYTES
+    stop_grace: float = STOP_GRACE_S
 
     @property
     def limits(self) -> BatchLimits:
@@ -99,12 +117,26 @@ class Collector:
                     next_stats = now + self.config.stats_interval
             self._shutdown()
             finished = True
+        except SinkRefused as exc:
+            kept = ("; they stay in the journal and load when the collector starts again after the fix"
+                    if self.source.durable else " (with --journal they would have been kept)")
+            log.error("%s; %d lines read were not stored%s", exc, self.unstored, kept)
+            return EXIT_REFUSED
         finally:
             if not finished:
                 self.sink.abort()
             self.source.close()
-        log.info("final %s", self._stats_text())
-        return 0
+            log.info("final %s", self._stats_text())
+        if self.unstored and not self.source.durable:
+            log.error("stopping: %d lines read were not stored; the database could not take them within %g s of "
+                      "the stop (run with --journal to keep them)", self.unstored, self.config.stop_grace)
+            return EXIT_UNSTORED
+        return EXIT_OK
+
+    @property
+    def unstored(self) -> int:
+        """Lines read whose rows and rejections are not committed (with a journal, they are still there)."""
+        return self.lines_read - self.sink.counters.lines_stored
 
     def _step(self) -> None:
         """Wait for bytes (a journal takes them in), then parse one read's worth if the sink keeps up."""
@@ -153,14 +185,20 @@ class Collector:
         lines, oversized = self.splitter.feed(chunk.data)
         for too_long in oversized:
             self._reject_partial(too_long)
-        parse = self.parse
+        parse, keep = self.parse, self.config.reject_keep_bytes
+        large_rejections = False
         for raw in lines:
             row, rejections = parse(raw)
             if row is not None:
                 batch.add_row(row)
             for rejected in rejections:
-                batch.add_rejection(Rejection.of(rejected.reason, rejected.raw))
+                batch.add_rejection(Rejection.of(rejected.reason, rejected.raw, keep))
+                large_rejections = large_rejections or len(rejected.raw) >= LARGE_REJECTION_BYTES
         self.lines_read += len(lines) + len(oversized)
+        batch.lines += len(lines) + len(oversized)
+        if large_rejections:
+            del raw, rejections
+            gc.collect(1)
         if chunk.end is not None:
             batch.end_offset = chunk.end - self.splitter.pending
 
@@ -189,13 +227,17 @@ class Collector:
     def _reject_partial(self, partial: bytes | Oversized) -> None:
         if isinstance(partial, Oversized):
             what = "line" if partial.complete else "unfinished line"
+            kept = partial.prefix[:self.config.reject_keep_bytes]
             reason = (f"{what} of {partial.length} bytes exceeds --max-line-bytes {self.config.max_line_bytes}; "
-                      f"its first {len(partial.prefix)} bytes are kept")
-            self.batch.add_rejection(Rejection(reason, partial.prefix, partial.length, None))
+                      f"its first {len(kept)} bytes are kept")
+            # The line was never whole in memory: its length is exact, its hash unknown.
+            self.batch.add_rejection(Rejection(reason, kept, partial.length, None))
         else:
             self.batch.add_rejection(Rejection.of(
-                f"unfinished line of {len(partial)} bytes (no newline) when the collector stopped", partial))
+                f"unfinished line of {len(partial)} bytes (no newline) when the collector stopped", partial,
+                self.config.reject_keep_bytes))
             self.lines_read += 1
+            self.batch.lines += 1
 
     def _flush(self) -> None:
         if self.batch:

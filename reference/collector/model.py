@@ -49,6 +49,7 @@ class Batch:
     rows: list[bytes] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     size: int = 0  # the rows' bytes plus the rejections' sizes: what the batch limits count
+    lines: int = 0  # lines read that this batch stands for (a glued fragment and its event are one line)
     # With a journal: the stream offsets of the batch's first byte and just past its last line; the database's
     # committed offset moves from the one to the other in the batch's transaction.
     start_offset: int | None = None

@@ -28,5 +28,5 @@ def build_collector(config: CollectorConfig, stop: StopRequest) -> Collector:
     """The source, the PostgreSQL sink (its thread starts connecting at once) and the loop between them."""
     source = open_source(config)
     loader = Loader(config.dsn, apply_schema_at_start=config.apply_schema, journal_id=source.journal_id)
-    sink = CopySink(loader, durable=source.durable, stop=stop)
+    sink = CopySink(loader, durable=source.durable, stop=stop, stop_grace=config.stop_grace)
     return Collector(config, source, sink, stop)

@@ -33,6 +33,11 @@ class Backoff:
         """Start again from the first delay."""
         self._next = self.first
 
+    @property
+    def saturated(self) -> bool:
+        """True once the delays reached the maximum (the trouble has lasted a while)."""
+        return self._next >= self.maximum
+
     def next_delay(self) -> float:
         """The delay to wait now; the one after it doubles, up to the maximum."""
         delay = self._next

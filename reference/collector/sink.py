@@ -8,6 +8,10 @@ from typing import Protocol
 from reference.collector.model import Batch
 
 
+class SinkRefused(RuntimeError):
+    """The destination refuses the data for a reason retrying cannot fix (the message says which, and the fix)."""
+
+
 @dataclass
 class SinkCounters:
     """Totals of what the sink committed."""
@@ -15,6 +19,7 @@ class SinkCounters:
     rows_written: int = 0
     rejected: int = 0
     batches: int = 0
+    lines_stored: int = 0  # lines read whose rows or rejections are committed (Batch.lines summed)
 
 
 class Sink(Protocol):
@@ -53,7 +58,7 @@ class Sink(Protocol):
         """False once the sink stopped (closed, failed, or gave up on its destination at shutdown)."""
 
     def raise_if_failed(self) -> None:
-        """Raise the sink's first error, if it met one."""
+        """Raise the sink's first error, if it met one (SinkRefused when the destination refuses the data)."""
 
     def release(self) -> None:
         """From now on, give up rather than wait for a destination that does not answer (the source keeps the rest)."""

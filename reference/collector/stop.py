@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 
 class StopRequest:
@@ -15,12 +16,20 @@ class StopRequest:
     def __init__(self) -> None:
         self._requested = threading.Event()
         self._insistent = threading.Event()
+        self.since: float | None = None  # time.monotonic() of the first request
 
     def request(self, signum: int = 0, frame: object = None) -> None:
         """Signal handler: the first call asks for a clean stop, any later one insists."""
         if self._requested.is_set():
             self._insistent.set()
+        else:
+            self.since = time.monotonic()
         self._requested.set()
+
+    def older_than(self, seconds: float) -> bool:
+        """True when a stop was asked for at least seconds ago."""
+        since = self.since
+        return since is not None and time.monotonic() - since >= seconds
 
     @property
     def requested(self) -> bool:

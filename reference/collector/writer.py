@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 
-from reference.collector.loader import Abandoned, DatabaseConfigError, Loader
+from reference.collector.loader import Abandoned, DatabaseConfigError, DatabaseRefused, Loader
 from reference.collector.model import Batch
 from reference.collector.sink import SinkCounters
 from reference.collector.stop import StopRequest
@@ -16,8 +16,13 @@ log = logging.getLogger(__name__)
 # Batches waiting for the writer: two keep the database busy while the reader parses the next one; more
 # would only add memory (each batch holds up to BATCH_MAX_BYTES) and latency.
 QUEUE_BATCHES = 2
-# How often a blocked submit or close looks again whether the writer thread failed or ended.
-QUEUE_POLL_S = 0.5
+# How often a blocked submit or close looks again whether the writer thread failed or ended, or the stop grace
+# ran out: a stop is honoured within this long of the grace's end.
+QUEUE_POLL_S = 0.1
+# Without a journal, a stop waits this long for a database that cannot take the lines read (a lost connection,
+# a statement timeout, a lock) before giving them up and saying how many: long enough to ride out a server
+# restart, short enough to finish before a container runtime's SIGKILL (Docker waits 10 s).
+STOP_GRACE_S = 5.0
 _STOP = object()
 
 
@@ -29,10 +34,13 @@ class CopySink:
     would lose lines, until a second stop request says to give up.
     """
 
-    def __init__(self, loader: Loader, *, durable: bool, stop: StopRequest | None = None) -> None:
+    def __init__(self, loader: Loader, *, durable: bool, stop: StopRequest | None = None,
+                 stop_grace: float = STOP_GRACE_S) -> None:
         self.loader = loader
         self.durable = durable
         self.stop = stop or StopRequest()
+        self.stop_grace = stop_grace
+        self._cancelled = False
         self.counters = SinkCounters()
         self._committed: int | None = None  # journal offset committed so far, known once connected
         self._ready = threading.Event()
@@ -82,7 +90,8 @@ class CopySink:
             except queue.Full:
                 self.raise_if_failed()
                 if not self._thread.is_alive():
-                    return  # gave up at shutdown: the journal keeps the bytes, or the second signal said so
+                    return  # gave up at shutdown: the journal keeps the bytes, or the stop said so
+                self._cancel_if_overdue()
 
     def release(self) -> None:
         """Give up on a database that does not answer from now on (a durable source keeps what is unloaded)."""
@@ -96,9 +105,17 @@ class CopySink:
                 self._queue.put(_STOP, timeout=QUEUE_POLL_S)
                 break
             except queue.Full:
-                continue
-        self._thread.join()
+                self._cancel_if_overdue()
+        while self._thread.is_alive():
+            self._thread.join(QUEUE_POLL_S)
+            self._cancel_if_overdue()
         self.raise_if_failed()
+
+    def _cancel_if_overdue(self) -> None:
+        """Once the stop's grace ran out, cancel the statement in flight (a lock or a slow server), once."""
+        if not self._cancelled and (self.stop.insistent or self.stop.older_than(self.stop_grace)):
+            self._cancelled = True
+            self.loader.cancel()
 
     def abort(self) -> None:
         """Stop waiting for the database and close the connection; what is queued is not loaded."""
@@ -108,9 +125,9 @@ class CopySink:
             self.loader.close()
 
     def raise_if_failed(self) -> None:
-        """Re-raise the writer thread's error, if it met one (a DatabaseConfigError as it is)."""
+        """Re-raise the writer thread's error, if it met one (a DatabaseConfigError or a refusal as it is)."""
         if self._error is not None:
-            if isinstance(self._error, DatabaseConfigError):
+            if isinstance(self._error, DatabaseConfigError | DatabaseRefused):
                 raise self._error
             raise RuntimeError(f"the database writer stopped: {self._error}") from self._error
 
@@ -122,8 +139,10 @@ class CopySink:
         return self._releasing.is_set() or self._closing.is_set() or self.stop.insistent
 
     def _give_up(self) -> bool:
-        """While loading: give up on an unreachable database when stopping and no line is lost by it."""
-        return self._stopping() and (self.durable or self.stop.insistent)
+        """While retrying: give up when stopping and the journal keeps the lines, or the stop's grace ran out."""
+        if self.durable:
+            return self._stopping()
+        return self.stop.insistent or self.stop.older_than(self.stop_grace)
 
     def _give_up_connecting(self) -> bool:
         """Before the first load only queued batches can be lost: give up if there are none (or all journaled)."""
@@ -133,7 +152,7 @@ class CopySink:
         try:
             self.loader.connect(give_up=self._give_up_connecting)
             if self.durable:
-                self._committed = self.loader.committed_offset()
+                self._committed = self.loader.committed_offset(give_up=self._give_up_connecting)
             self._ready.set()
             while True:
                 batch = self._queue.get()
@@ -143,18 +162,19 @@ class CopySink:
                 self.counters.rows_written += result.rows
                 self.counters.rejected += result.rejected
                 self.counters.batches += 1
+                self.counters.lines_stored += batch.lines
                 if batch.end_offset is not None:
                     self._committed = batch.end_offset
         except Abandoned:
             if self.durable:
-                log.warning("stopping while the database is unreachable: uncommitted lines stay in the journal")
-            elif self.stop.insistent:
-                waiting = sum(len(b) for b in list(self._queue.queue) if isinstance(b, Batch))
-                log.error("stopping on a second request while the database is unreachable: about %d lines read "
-                          "were not stored (run with --journal to keep them)", waiting + 1)
+                log.warning("stopping while the database cannot take the lines: uncommitted lines stay in the "
+                            "journal")
+            elif self._ready.is_set() or not self._nothing_queued():
+                log.warning("stopping: the database could not take the lines read within the stop's grace of "
+                            "%g s", self.stop_grace)
             else:
                 log.warning("stopping before the database answered; nothing was loaded")
-        except DatabaseConfigError as exc:
+        except (DatabaseConfigError, DatabaseRefused) as exc:
             self._error = exc  # a plain message for the user, not a traceback
         except BaseException as exc:  # handed to the producer, never swallowed
             log.exception("database writer failed")

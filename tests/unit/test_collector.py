@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.collector.collector import Collector, CollectorConfig
+from reference.collector.collector import EXIT_OK, EXIT_REFUSED, EXIT_UNSTORED, Collector, CollectorConfig
 from reference.collector.copytext import RowStream, decode_field, row_as_event
 from reference.collector.model import ITEM_OVERHEAD_BYTES, Batch, BatchLimits, Rejection
 from reference.collector.retry import Backoff
-from reference.collector.sink import SinkCounters
+from reference.collector.sink import SinkCounters, SinkRefused
 from reference.collector.source import Chunk
 from reference.collector.stop import StopRequest
 from reference.collector.validate import parse_line
@@ -114,6 +114,7 @@ class MemorySink:
     durable: bool = False
     room: bool = True
     fail_with: BaseException | None = None
+    drop: bool = False  # take batches but never store them (a database that cannot take them)
     batches: list[Batch] = field(default_factory=list)
     counters: SinkCounters = field(default_factory=SinkCounters)
     events: list[str] = field(default_factory=list)
@@ -128,6 +129,8 @@ class MemorySink:
         self.counters.batches += 1
         self.counters.rows_written += len(batch.rows)
         self.counters.rejected += len(batch.rejections)
+        if not self.drop:
+            self.counters.lines_stored += batch.lines
         if batch.end_offset is not None:
             self._committed = batch.end_offset
 
@@ -182,7 +185,7 @@ def run(chunks: list[bytes], *, durable: bool = False, at_seal: list[bytes] | No
     source = ScriptedSource(chunks, stop, durable=durable, at_seal=at_seal or [])
     sink = sink or MemorySink(durable=durable)
     collector = Collector(CollectorConfig(fifo="unused", dsn="", **config), source, sink, stop)  # type: ignore[arg-type]
-    assert collector.run() == 0
+    assert collector.run() == EXIT_OK
     return collector, source, sink
 
 
@@ -305,6 +308,31 @@ class TestStopping:
             run([line(1)], sink=sink)
         assert sink.events == ["abort"]
 
+    def test_refusal_exits_3_naming_the_lines_not_stored(self, caplog):
+        """A sink that refuses the data stops the collector with status 3 and one error line counting the lines."""
+        stop = StopRequest()
+        sink = MemorySink(fail_with=SinkRefused("the database refuses the collector's writes: permission denied"))
+        source = ScriptedSource([line(1) + line(2)], stop)
+        collector = Collector(CollectorConfig(fifo="unused", dsn=""), source, sink, stop)
+        sink_fail, sink.fail_with = sink.fail_with, None
+        collector._step()  # two lines read into the batch, not submitted yet
+        sink.fail_with = sink_fail
+        with caplog.at_level("ERROR"):
+            assert collector.run() == EXIT_REFUSED
+        (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert "permission denied; 2 lines read were not stored" in record.getMessage()
+        assert sink.events == ["abort"]
+
+    def test_lines_not_stored_at_stop_exit_4(self, caplog):
+        """Without a journal, a stop that leaves lines read but not stored exits 4 and says how many."""
+        sink = MemorySink(drop=True)
+        stop = StopRequest()
+        collector = Collector(CollectorConfig(fifo="unused", dsn=""), ScriptedSource([line(1) + line(2)], stop),
+                              sink, stop)
+        with caplog.at_level("ERROR"):
+            assert collector.run() == EXIT_UNSTORED
+        assert "2 lines read were not stored" in caplog.text
+
     def test_second_request_insists(self):
         """A first stop request asks for a clean stop; a second one insists."""
         stop = StopRequest()
@@ -371,3 +399,14 @@ class TestBackoff:
         slept: list[float] = []
         assert Backoff(first=5, maximum=5).wait(give_up=lambda: bool(slept), sleep=slept.append) is False
         assert len(slept) == 1
+
+    def test_saturated_once_at_the_cap(self):
+        """The backoff says it is saturated once its delays reached the maximum, and no longer after a reset."""
+        backoff = Backoff(first=1, maximum=4)
+        seen = []
+        for _ in range(4):
+            seen.append(backoff.saturated)
+            backoff.next_delay()
+        assert seen == [False, False, True, True]
+        backoff.reset()
+        assert not backoff.saturated
