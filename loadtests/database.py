@@ -181,10 +181,18 @@ class Database:
     def psql_command(self) -> str:
         """A shell command that opens this database with psql."""
         if self.embedded is not None:
-            return f"{shlex.quote(sys.executable)} -m loadtests.database psql"
+            return f"{_python_command()} -m loadtests.database psql"
         from reference.dsn import redact
 
         return f"psql {shlex.quote(redact(self.dsn))}" if self.dsn else "psql"
+
+
+def _python_command() -> str:
+    """How the user calls this interpreter: plain `python` when that is what PATH finds, else its full path."""
+    found = shutil.which("python")
+    if found and os.path.realpath(found) == os.path.realpath(sys.executable):
+        return "python"
+    return shlex.quote(sys.executable)
 
 
 def _psql_path() -> str:

@@ -207,7 +207,7 @@ class FifoClient:
 
     def _attempt(self, data: bytes, line_count: int) -> tuple[bool, BaseException | None, float]:
         started = time.perf_counter()
-        exception = None
+        exception: BaseException | None = None
         delivered = False
         self._progress = 0
         try:
@@ -231,15 +231,18 @@ class FifoClient:
         """Write every byte, yielding to other greenlets while the pipe is full; False if dropped whole."""
         view = memoryview(data)
         while view:
+            fd = self.fd
+            if fd is None:
+                raise OSError(errno.EBADF, "the FIFO is not open")
             try:
-                n = os.write(self.fd, view)
+                n = os.write(fd, view)
             except BlockingIOError:
                 self.counts.eagain += 1
                 if self.drop_when_full and len(view) == len(data):
                     return False
                 # Park only this greenlet until the pipe has room (the hub polls the fd for us).
                 waited = time.perf_counter()
-                gevent.socket.wait_write(self.fd)
+                gevent.socket.wait_write(fd)
                 self.counts.blocked_s += time.perf_counter() - waited
                 continue
             view = view[n:]

@@ -211,7 +211,7 @@ class Run:
         self.verdict = verdict
         self.environment.process_exit_code = verdict.exit_code
         _say(render(verdict))
-        _say(f"report: {report}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
+        _say(f"report: {_shown_path(report)}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
              f"WHERE data->'_np'->>'run' = '{self.run_id}')")
         self.phase = f"run {self.run_id}: {verdict.status}"
         self._prune(verdict)
@@ -239,7 +239,7 @@ class Run:
         if not isinstance(runner, MasterRunner):
             return
         deadline = time.monotonic() + WORKER_COUNTS_TIMEOUT_S
-        asked = set()
+        asked: set[str] = set()
         while True:
             missing = [c.id for c in runner.clients.all if c.id not in self.worker_counts]
             if not missing:
@@ -340,6 +340,14 @@ class Run:
 def _say(text: str) -> None:
     """Print to stdout: the verdict is the run's output, read by people and by CI logs."""
     print(text, flush=True)  # noqa: T201
+
+
+def _shown_path(path: Path) -> str:
+    """path relative to the working folder when it is inside it (no machine-specific prefix in the output)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _scenario_name(options) -> str:

@@ -49,6 +49,8 @@ def run_collector(bench: Bench, name: str, launcher: list[str] | None = None) ->
     """The whole data set through a fresh collector: write its FIFO, wait for every row; what was seen."""
     fifo = bench.fifo(name)
     log_path = bench.workdir / f"{name}.log"
+    if bench.server is None:
+        raise BenchError("the benchmark's database server is not started")
     with bench.server.fresh_database(schema=False) as dsn:
         collector = BenchCollector(fifo, dsn, log_path, launcher, bench.collector_args).start()
         try:

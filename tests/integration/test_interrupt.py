@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -139,3 +140,23 @@ class TestTwoSignals:
         finally:
             harness.stop()
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class TestTerminalCtrlC:
+    """A Ctrl-C in a terminal signals the whole process group: Locust's workers too, the collector not."""
+
+    def test_ctrl_c_to_the_process_group_with_workers(self, dsn, tmp_path):
+        """--processes 2, SIGINT to the group mid-load: one verdict from both workers, nothing lost, status 3."""
+        harness = start(dsn, tmp_path / "reports", tmp_path / "locust.log", "--processes", "2")
+        try:
+            harness.wait_for("All users spawned", timeout=120)
+            time.sleep(3)
+            os.killpg(harness.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            verdict = assert_interrupted(harness, tmp_path / "reports", "SIGINT")
+            t = verdict["totals"]
+            assert len({s["source"].split("u")[0] for s in verdict["sources"]}) == 2
+            assert t["sent"] > 1000
+            assert t["landed"] == t["sent"]
+            assert harness.output().count("namedpiper verdict:") == 1
+        finally:
+            harness.stop()
