@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -230,6 +231,9 @@ class SystemUnderTest:
         status = self.collector.stop() if self.collector is not None else None
         if self._tmp is not None:
             try:
+                # The reference collector's lock file lies beside the FIFO (reference/collector/reader.py).
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.fifo + ".lock")
                 os.unlink(self.fifo)
                 os.rmdir(self._tmp)
             except OSError as exc:
