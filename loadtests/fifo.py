@@ -6,6 +6,7 @@ import functools
 import itertools
 import logging
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from locust import User, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 
+from loadtests import webui
 from loadtests.corpus import BadLine, CorpusError, load_corpus, select
 from loadtests.fifo_client import FifoClient, SourceCounts, WriteGate
-from loadtests.options import add_options, parse_size_mix
+from loadtests.interrupt import Interrupt
+from loadtests.options import EXIT_CANNOT_START, add_options, parse_size_mix
 from loadtests.run import Run
 from reference.events import EventFactory
 from reference.fifo import PIPE_BUF
@@ -34,8 +37,10 @@ COUNTS: dict[str, SourceCounts] = {}
 GATE = WriteGate()
 # Locust request name of the bad lines' writes.
 HOSTILE_REQUEST = "hostile"
+# Users are numbered from 0 in every run, per process, so the sources of two runs compare line by line.
 _user_numbers = itertools.count()
 _run: Run | None = None
+INTERRUPT = Interrupt()
 
 
 @events.init_command_line_parser.add_listener
@@ -51,14 +56,30 @@ def _on_init(environment, **_kw) -> None:
         _hostile_lines(environment.parsed_options)
     except ValueError as exc:
         log.error("%s", exc)
-        environment.process_exit_code = 2
-        raise SystemExit(2) from None
+        environment.process_exit_code = EXIT_CANNOT_START
+        raise SystemExit(EXIT_CANNOT_START) from None
+    # What the web UI shows as "host": where the users write (there is no HTTP host).
+    FifoUser.host = f"fifo:{environment.parsed_options.fifo or 'a new FIFO per run'}"
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message("np_stop", _on_np_stop)
+        if getattr(environment.parsed_options, "processes", None):
+            # A Ctrl-C reaches the whole process group: the master stops these workers through Locust.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return
-    _run = Run(environment)
+    _run = Run(environment, INTERRUPT)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message("np_counts", _run.receive_counts)
+    INTERRUPT.install(functools.partial(_stop_like_run_time, environment))
+    _run.prepare()
+    if environment.web_ui is not None:
+        webui.install(environment.web_ui, _run.web_rows, _run.web_verdict, _run.finishing)
+
+
+def _stop_like_run_time(environment) -> None:
+    """After the first SIGINT: stop the load and quit as --run-time does (the run drains in test_stop)."""
+    environment.runner.quit()
+    if environment.web_ui is not None:
+        environment.web_ui.stop()  # ends Locust's main greenlet in web UI mode, which then quits
 
 
 def _hostile_lines(o) -> list[BadLine]:
@@ -91,13 +112,16 @@ def _on_np_stop(environment, msg, **_kw) -> None:
 
 
 def _send_counts(environment) -> None:
+    """Worker: this process's counters to the master."""
     environment.runner.send_message("np_counts", {src: c.as_dict() for src, c in COUNTS.items()})
 
 
 @events.test_start.add_listener
 def _on_test_start(environment, **_kw) -> None:
+    global _user_numbers
     COUNTS.clear()
     GATE.reset()
+    _user_numbers = itertools.count()
     if _run is not None:
         _run.start()
 
@@ -110,8 +134,8 @@ def _on_test_stop(environment, **_kw) -> None:
         _send_counts(environment)
     elif _run is not None:
         if not isinstance(environment.runner, MasterRunner):
-            _run.receive_counts_local({src: c.as_dict() for src, c in COUNTS.items()})
-        _run.finish()
+            _run.receive_counts_local(COUNTS)
+        _run.stopped()
 
 
 @events.quitting.add_listener

@@ -58,6 +58,13 @@ class SourceCounts:
         """Plain data for a Locust message."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SourceCounts:
+        """Back from a Locust message (msgpack turns the (seq, length) pairs into lists)."""
+        counts = cls(**{k: v for k, v in data.items() if k != "big_lines"})
+        counts.big_lines = [(int(seq), int(length)) for seq, length in data.get("big_lines", ())]
+        return counts
+
 
 class WriteGate:
     """Shared by the users of one process: ordinary writes run together, a write above PIPE_BUF runs alone.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,119 +14,56 @@ from pathlib import Path
 
 import gevent
 
+from loadtests.collector_process import CollectorError, CollectorProcess, has_reader
 from loadtests.database import Database
-from reference.dsn import redact
+from reference.dsn import DSN_ENV, redact
 from reference.fifo import ensure_fifo
 
 log = logging.getLogger(__name__)
 
 # A collector gets this long to open the FIFO after it starts (the reference one needs ~0.5 s).
 COLLECTOR_READY_TIMEOUT_S = 30.0
-# SIGTERM gives the collector this long to drain and flush before it is killed.
-COLLECTOR_STOP_TIMEOUT_S = 60.0
-READY_POLL_S = 0.05
+# After a second signal the collector gets this long to flush what it holds before SIGKILL: the user asked to
+# stop now, but a collector killed mid-COPY would turn lines it had already read into "lost".
+COLLECTOR_HURRY_TIMEOUT_S = 5.0
+
+__all__ = ["CollectorError", "HarnessCollector", "SystemUnderTest", "has_reader"]
 
 
-class CollectorError(RuntimeError):
-    """The collector could not be started or died."""
+def collector_argv(template: str, fifo: str, dsn: str, journal: str) -> list[str]:
+    """The collector's argument list from a template with {fifo}, {dsn}, {journal} and {python}."""
+    return [part.format(fifo=fifo, dsn=dsn, python=sys.executable, journal=journal) for part in shlex.split(template)]
 
 
-def has_reader(fifo: str) -> bool:
-    """True when some process holds the FIFO open for reading (a non-blocking write open succeeds)."""
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ENXIO, errno.ENOENT):
-            return False
-        raise
-    os.close(fd)
-    return True
-
-
-class CollectorProcess:
-    """The collector as a subprocess built from a command template with {fifo}, {dsn} and {python}."""
+class HarnessCollector(CollectorProcess):
+    """The collector of a run: started from --collector-cmd, restarted after faults, ready once it reads the FIFO."""
 
     def __init__(self, template: str, fifo: str, dsn: str, log_path: Path) -> None:
-        journal = str(log_path.parent / "journal")
-        self.argv = [part.format(fifo=fifo, dsn=dsn, python=sys.executable, journal=journal)
-                     for part in shlex.split(template)]
-        self.shown = " ".join(shlex.quote(redact(a)) for a in self.argv)
+        argv = collector_argv(template, fifo, dsn, str(log_path.parent / "journal"))
         if "{dsn}" in template and redact(dsn) != dsn:
             log.warning("--collector-cmd puts a DSN with a password on the collector's command line, where every "
                         "local user can read it; drop {dsn}: the collector gets it in NAMEDPIPER_DSN")
-        self.fifo = fifo
-        self.env = {**os.environ, "NAMEDPIPER_DSN": dsn}  # the DSN in the environment, never on the command line
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
+        # The DSN travels in the environment, never on the command line (/proc/PID/cmdline is world-readable).
+        super().__init__(argv, fifo, log_path, shown=" ".join(shlex.quote(redact(a)) for a in argv),
+                         env={**os.environ, DSN_ENV: dsn})
         self.restarts = 0
-        self.peak_rss_kib = 0  # the largest VmHWM of any collector process of this run
 
-    def start(self) -> None:
+    def start(self) -> HarnessCollector:
         """Start the collector and wait until it reads the FIFO."""
         log.info("starting collector: %s", self.shown)
-        with open(self.log_path, "ab") as out:
-            try:
-                self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=self.env)
-            except OSError as exc:
-                raise CollectorError(f"cannot run the collector command {self.argv[0]!r}: {exc.strerror} "
-                                     "(check --collector-cmd)") from exc
-        deadline = time.monotonic() + COLLECTOR_READY_TIMEOUT_S
-        while not has_reader(self.fifo):
-            if self.proc.poll() is not None:
-                raise CollectorError(f"the collector exited with status {self.proc.returncode} before reading "
-                                     f"{self.fifo}; its output is in {self.log_path}")
-            if time.monotonic() > deadline:
-                raise CollectorError(f"the collector did not open {self.fifo} within {COLLECTOR_READY_TIMEOUT_S} s;"
-                                     f" see {self.log_path}")
-            gevent.sleep(READY_POLL_S)
-
-    @property
-    def pid(self) -> int | None:
-        """The collector's pid while it runs."""
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    def signal(self, signum: int) -> None:
-        """Send signum to the collector if it runs."""
-        if self.pid is not None:
-            os.kill(self.pid, signum)
-
-    def _note_peak_rss(self) -> None:
-        """Remember the collector's peak resident memory (VmHWM) before it exits."""
         try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except (OSError, TypeError):
-            return
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+            super().start()
+        except CollectorError as exc:
+            raise CollectorError(f"{exc} (check --collector-cmd)") from None
+        self.wait_until_reading(COLLECTOR_READY_TIMEOUT_S)
+        return self
 
     def kill_and_restart(self) -> None:
         """SIGKILL the collector (a crash), then start a new one on the same FIFO."""
-        self._note_peak_rss()
-        self.signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait()
+        self.kill()
         self.restarts += 1
         log.warning("collector killed (SIGKILL); restart %d", self.restarts)
         self.start()
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait for the drain and flush, SIGKILL after COLLECTOR_STOP_TIMEOUT_S; return the status."""
-        if self.proc is None:
-            return None
-        self._note_peak_rss()
-        self.signal(signal.SIGCONT)  # a paused collector cannot honour SIGTERM
-        self.signal(signal.SIGTERM)
-        deadline = time.monotonic() + COLLECTOR_STOP_TIMEOUT_S
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self._note_peak_rss()  # the shutdown flush may be the collector's busiest moment
-            gevent.sleep(READY_POLL_S)
-        if self.proc.poll() is None:
-            log.error("collector ignored SIGTERM for %s s; killing it", COLLECTOR_STOP_TIMEOUT_S)
-            self.proc.kill()
-            self.proc.wait()
-        return self.proc.returncode
 
 
 class SystemUnderTest:
@@ -144,7 +79,7 @@ class SystemUnderTest:
         else:
             self._tmp = tempfile.mkdtemp(prefix="namedpiper-")
             self.fifo = os.path.join(self._tmp, "logs.fifo")
-        self.collector: CollectorProcess | None = None
+        self.collector: HarnessCollector | None = None
         self._faults: list[gevent.Greenlet] = []
         self.fault_log: list[str] = []
 
@@ -158,7 +93,7 @@ class SystemUnderTest:
             return
         if self.options.pipe_size and "reference.collector" in template:
             template += f" --pipe-size {int(self.options.pipe_size)}"
-        self.collector = CollectorProcess(template, self.fifo, self.database.dsn, self.run_dir / "collector.log")
+        self.collector = HarnessCollector(template, self.fifo, self.database.dsn, self.run_dir / "collector.log")
         self.collector.start()
 
     def schedule_faults(self, started: float) -> None:
@@ -225,10 +160,12 @@ class SystemUnderTest:
             g.kill(block=True)
         self._faults.clear()
 
-    def stop(self) -> int | None:
-        """Cancel pending faults and stop the collector; return its exit status."""
+    def stop(self, hurry: bool = False) -> int | None:
+        """Cancel pending faults and stop the collector (quickly when hurried); return its exit status."""
         self.cancel_faults()
-        status = self.collector.stop() if self.collector is not None else None
+        status = None
+        if self.collector is not None:
+            status = self.collector.stop(COLLECTOR_HURRY_TIMEOUT_S) if hurry else self.collector.stop()
         if self._tmp is not None:
             try:
                 # The reference collector's lock file lies beside the FIFO (reference/collector/reader.py).

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from reference.sizes import parse_size
 
+# Exit statuses of a harness run (Locust's process exit code), documented in --help and docs/harness.md.
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_CANNOT_START = 2
+EXIT_INTERRUPTED = 3
+EXIT_STATUSES = (f"exit status: {EXIT_PASS} every expectation holds; {EXIT_FAIL} an expectation failed; "
+                 f"{EXIT_CANNOT_START} the run could not start; {EXIT_INTERRUPTED} interrupted (verdict written)")
+# The web UI binds here unless Locust's --web-host says otherwise: its form starts runs, so it must not face the
+# network by default (expose it with --web-login or behind an authenticating reverse proxy, see docs/security.md).
+DEFAULT_WEB_HOST = "127.0.0.1"
+# Rows of this many most recent runs stay in the database; older runs' rows are deleted after each verdict.
+# 10 quick-start runs hold about 3 GB: enough history to compare, bounded disk.
+DEFAULT_KEEP_RUNS = 10
+
 # Seconds the harness waits after the users stop for what was sent to land before it stops the collector.
 DRAIN_TIMEOUT_S = 30.0
 # Placeholders: {python} this interpreter, {fifo}, {dsn}, {journal} a folder in the run's report folder.
@@ -13,8 +27,22 @@ DEFAULT_COLLECTOR_CMD = "{python} -m reference.collector --fifo {fifo} --stats-i
 WEB_HOST = "127.0.0.1"
 
 
+# The only options the web UI shows and its HTTP API accepts: they shape the load and name no command, path,
+# DSN or database. Every other option, including any added later, is settable only where the harness starts
+# (command line, config file, environment), because the web form can be posted by anyone who reaches the port.
+WEB_EDITABLE = frozenset({"size_mix", "lines_per_write", "drop_when_full", "reopen_per_write", "seed",
+                          "account_bytes", "hostile_every", "hostile_kinds"})
+# Locust's own /swarm form fields (run shape and the display-only host); the rest of a POST must be in WEB_EDITABLE.
+# Every harness option's dest, filled as add_options declares them (verdict.json records these).
+HARNESS_OPTIONS: set[str] = set()
+LOCUST_FORM_FIELDS = frozenset({"user_count", "spawn_rate", "host", "run_time", "user_classes", "shape_class",
+                                "profile"})
+
+
 def add_options(parser) -> None:
     """Register every namedpiper option on Locust's parser (called from init_command_line_parser)."""
+    parser.set_defaults(web_host=DEFAULT_WEB_HOST)
+    group = parser.add_argument_group("namedpiper", f"namedpiper harness options; {EXIT_STATUSES}")
 
     # Locust binds its web UI to every interface by default; the harness answers on this machine only
     # (--web-host or LOCUST_WEB_HOST to choose otherwise).
@@ -22,8 +50,11 @@ def add_options(parser) -> None:
 
     def option(name: str, **kwargs) -> None:
         env = "NAMEDPIPER_" + name.lstrip("-").upper().replace("-", "_")
-        # Locust's own add_argument (not a group's) knows is_secret, which masks the DSN in the web UI.
-        parser.add_argument(name, env_var=env, **kwargs)
+        action = group.add_argument(name, env_var=env, **kwargs)
+        # What Locust's own add_argument sets; a group's does not take these keywords. Off unless listed.
+        action.include_in_web_ui = action.dest in WEB_EDITABLE
+        action.is_secret = action.is_required = False
+        HARNESS_OPTIONS.add(action.dest)
 
     # Where and what to write.
     option("--fifo", default="", help="FIFO to write; empty: a new one in a temporary folder")
@@ -41,7 +72,7 @@ def add_options(parser) -> None:
            help="after every N writes, each user writes the next bad line of scenarios/corpus/; 0: off")
     option("--hostile-kinds", default="", help="comma-separated corpus kinds --hostile-every sends; empty: all")
     # The system under test.
-    option("--dsn", default="", is_secret=True, help="PostgreSQL DSN; empty: embedded PostgreSQL (.namedpiper/)")
+    option("--dsn", default="", help="PostgreSQL DSN; empty: embedded PostgreSQL (.namedpiper/)")
     option("--collector-cmd", default=DEFAULT_COLLECTOR_CMD,
            help="command that reads {fifo} into {dsn} ({journal}: a folder for it; {python}: this python); "
                 "'none' when a collector already reads the FIFO")
@@ -49,6 +80,9 @@ def add_options(parser) -> None:
     option("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S,
            help="seconds to wait after the users stop for every sent line to land")
     option("--report-dir", default="reports", help="folder for the verdict JSON and Locust's HTML report")
+    option("--keep-runs", type=int, default=DEFAULT_KEEP_RUNS,
+           help="keep the rows of this many most recent runs in the database; older runs' rows are deleted after "
+                "each verdict; 0: keep everything")
     # Faults, at seconds from the start of the run (see scenarios/).
     option("--pause-collector-at", type=float, default=-1, help="SIGSTOP the collector at this second")
     option("--pause-collector-for", type=float, default=0, help="seconds the collector stays stopped")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
 import psycopg2
+
+from loadtests.fifo_client import SourceCounts
+from reference.events import TIME_FORMAT_LENGTH
 
 # Per source: rows, distinct seqs, and rows out of order: committed in a later transaction than a row of
 # the same source with a higher seq. The heap order (ctid) is no arrival order (COPY fills free space
@@ -44,8 +49,8 @@ SELECT data->'_np'->>'src', (data->'_np'->>'seq')::bigint, {intact},
        application_name, environment_name, log_event, trace_id, file_path, host_ip, data
 FROM logs WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
 """.replace("{intact}", INTACT_SQL)
-# The generator writes time as "2026-11-28T05:30:00.123456+00:00": 32 bytes in every line.
-TIME_TEXT_BYTES = 32
+# The generator writes time as "2026-11-28T05:30:00.123456+00:00": the same length in every line.
+TIME_TEXT_BYTES = TIME_FORMAT_LENGTH
 
 
 @dataclass
@@ -70,6 +75,49 @@ class SourceResult:
         return max(0, self.generated - self.landed)
 
 
+@dataclass
+class ByteAccount:
+    """With --account-bytes: the bytes of lines above PIPE_BUF sent, and where they went."""
+
+    sent_big: int
+    accounted: int
+    in_corrupt_rows: int
+
+    @property
+    def unaccounted(self) -> int:
+        """Bytes sent that neither landed nor were rejected (negative: corrupt rows read back short)."""
+        return self.sent_big - self.accounted
+
+
+@dataclass
+class Totals:
+    """The run's numbers summed over sources, and what they mean for loss and tearing."""
+
+    generated: int = 0
+    sent: int = 0
+    dropped: int = 0
+    interrupted: int = 0
+    landed: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    corrupt: int = 0
+    missing: int = 0
+    rejected: int = 0
+    bad_sent: int = 0
+    # Rejections no hostile line sent on purpose explains, and hostile lines no rejection accounts for.
+    unexplained_rejections: int = 0
+    bad_accepted: int = 0
+    torn_or_rejected: int = 0
+    lost: int = 0
+    # None unless --account-bytes recorded the big lines' sizes.
+    bytes: ByteAccount | None = None
+
+
+def source_order(source: str) -> tuple:
+    """Sort key of a source name: p0u2 before p0u10 (numbers compare as numbers)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", source))
+
+
 def connect(dsn: str):
     """A short-lived autocommit connection for the harness's own queries."""
     conn = psycopg2.connect(dsn, connect_timeout=10, application_name="namedpiper-verify")
@@ -86,12 +134,10 @@ def landed_count(dsn: str, run_id: str, since) -> tuple[int, int]:
         return landed, cur.fetchone()[0]
 
 
-def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[list[SourceResult], dict]:
+def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts]) -> tuple[list[SourceResult], Totals]:
     """Compare what each source sent with what the database holds; return per-source results and totals."""
-    results = {
-        src: SourceResult(src, c["generated"], c["sent"], c["dropped"], c.get("interrupted", 0), c.get("bad_sent", 0))
-        for src, c in counts.items()
-    }
+    results = {src: SourceResult(src, c.generated, c.sent, c.dropped, c.interrupted, c.bad_sent)
+               for src, c in counts.items()}
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
@@ -105,40 +151,31 @@ def verify_run(dsn: str, run_id: str, since, counts: dict[str, dict]) -> tuple[l
             landed_bytes, corrupt_bytes = _landed_big_bytes(cur, run_id, counts)
     finally:
         conn.close()
-    ordered = sorted(results.values(), key=lambda r: r.source)
-    totals = {
-        "generated": sum(r.generated for r in ordered),
-        "sent": sum(r.sent for r in ordered),
-        "dropped": sum(r.dropped for r in ordered),
-        "interrupted": sum(r.interrupted for r in ordered),
-        "landed": sum(r.landed for r in ordered),
-        "duplicated": sum(r.duplicated for r in ordered),
-        "out_of_order": sum(r.out_of_order for r in ordered),
-        "corrupt": sum(r.corrupt for r in ordered),
-        "missing": sum(r.missing for r in ordered),
-        "rejected": rejected,
-        "bad_sent": sum(r.bad_sent for r in ordered),
-    }
+    ordered = sorted(results.values(), key=lambda r: source_order(r.source))
+    totals = Totals(
+        generated=sum(r.generated for r in ordered), sent=sum(r.sent for r in ordered),
+        dropped=sum(r.dropped for r in ordered), interrupted=sum(r.interrupted for r in ordered),
+        landed=sum(r.landed for r in ordered), duplicated=sum(r.duplicated for r in ordered),
+        out_of_order=sum(r.out_of_order for r in ordered), corrupt=sum(r.corrupt for r in ordered),
+        missing=sum(r.missing for r in ordered), rejected=rejected, bad_sent=sum(r.bad_sent for r in ordered),
+    )
     # Each hostile line sent on purpose is one rejected line: those explain no missing good line.
-    totals["unexplained_rejections"] = max(0, rejected - totals["bad_sent"])
-    totals["bad_accepted"] = max(0, totals["bad_sent"] - rejected)
+    totals.unexplained_rejections = max(0, rejected - totals.bad_sent)
+    totals.bad_accepted = max(0, totals.bad_sent - rejected)
     # Lines that did not land are explained by drops, by writes the stop cut short, and by rejected lines
     # (a torn pair of lines shows up as one to three rejected rows); what is left is lost.
     # Per source first: one source's drops or cut writes must not excuse another source's missing lines.
     unexplained = sum(max(0, r.missing - r.dropped - r.interrupted) for r in ordered)
-    torn = totals["unexplained_rejections"] + totals["corrupt"]
-    totals["torn_or_rejected"] = torn
-    totals["lost"] = max(0, unexplained - _lines_explained_by_rejections(torn, unexplained))
-    big = [c for c in counts.values() if c.get("big_lines")]
+    totals.torn_or_rejected = totals.unexplained_rejections + totals.corrupt
+    totals.lost = max(0, unexplained - _lines_explained_by_rejections(totals.torn_or_rejected, unexplained))
+    big = [c for c in counts.values() if c.big_lines]
     if big:
-        sent_big = sum(length for c in big for _seq, length in c["big_lines"])
-        sent_big += sum(c.get("partial_bytes", 0) for c in counts.values())
+        sent_big = sum(length for c in big for _seq, length in c.big_lines)
+        sent_big += sum(c.partial_bytes for c in counts.values())
         # A rejected line consumed its newline, unless it was a fragment glued before a valid line or the
         # unfinished tail the collector held when it stopped.
-        totals["bytes_sent_big"] = sent_big
-        totals["bytes_accounted"] = landed_bytes + rejected_bytes + (rejected - no_newline)
-        totals["bytes_in_corrupt_rows"] = corrupt_bytes
-        totals["unaccounted_bytes"] = sent_big - totals["bytes_accounted"]
+        totals.bytes = ByteAccount(sent_big=sent_big, accounted=landed_bytes + rejected_bytes + (rejected - no_newline),
+                                   in_corrupt_rows=corrupt_bytes)
     return ordered, totals
 
 
@@ -148,9 +185,9 @@ def _lines_explained_by_rejections(rejected: int, unexplained: int) -> int:
     return min(unexplained, 2 * rejected)
 
 
-def _landed_big_bytes(cur, run_id: str, counts: dict[str, dict]) -> tuple[int, int]:
+def _landed_big_bytes(cur, run_id: str, counts: Mapping[str, SourceCounts]) -> tuple[int, int]:
     """(bytes of the big lines that landed, of which in corrupt rows): recorded sizes, re-encoded for corrupt rows."""
-    sizes = {(src, seq): length for src, c in counts.items() for seq, length in c.get("big_lines", ())}
+    sizes = {(src, seq): length for src, c in counts.items() for seq, length in c.big_lines}
     if not sizes:
         return 0, 0
     cur.execute(LANDED_SEQS_SQL, {"run": run_id, "sources": sorted({src for src, _ in sizes})})

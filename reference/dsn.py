@@ -1,46 +1,53 @@
-"""Show a PostgreSQL connection string without its password."""
+"""The DSN's environment variable, and showing a PostgreSQL connection string without its password."""
 
 from __future__ import annotations
 
-import re
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-# Applied to the query alone, which has no leading "?": the first parameter starts at ^.
-_QUERY_PASSWORD = re.compile(r"((?:^|[?&])password=)[^&]*", re.IGNORECASE)
+from psycopg2 import ProgrammingError
+from psycopg2.extensions import make_dsn, parse_dsn
+
+# The one environment variable that names the database, for the collector and the harness alike.
+DSN_ENV = "NAMEDPIPER_DSN"
 MASK = "***"
+# What an unparsable DSN is shown as: libpq's own error could echo a piece of it, the password included.
+UNPARSABLE = "(an invalid DSN, not shown)"
+
+
+def _password(dsn: str) -> str | None:
+    """The password libpq would send for dsn; raises ProgrammingError when libpq cannot parse dsn."""
+    return parse_dsn(dsn).get("password") or None
 
 
 def redact(dsn: str) -> str:
-    """Return dsn with any password replaced by ***, for URIs and key=value strings alike."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                user, password = userinfo.split(":", 1)
-                if password:
-                    netloc = f"{user}:{MASK}@{host}"
-        query = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
-        # Rebuilt by hand: urlunsplit drops the "//" of an empty host (postgresql:///db?host=/socket).
-        shown = f"{parts.scheme}://{netloc}{parts.path}"
-        if parts.query:
-            shown += f"?{query}"
-        if parts.fragment:
-            shown += f"#{parts.fragment}"
-        return shown
-    return _KEYWORD_PASSWORD.sub(rf"\g<1>{MASK}", dsn)
+    """Return dsn with any password replaced by ***, as libpq reads it; a DSN without one is shown unchanged.
+
+    A DSN with a password comes back in key=value form (psycopg2's make_dsn), whatever form it was given in.
+    """
+    try:
+        password = _password(dsn)
+    except ProgrammingError:
+        return UNPARSABLE
+    if password is None:
+        return dsn
+    return make_dsn(dsn, password=MASK)
+
+
+def _spellings(password: str) -> list[str]:
+    """The ways a password can appear in a text: as is, percent-encoded (URIs), quoted with escapes (key=value)."""
+    escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+    forms = {password, quote(password, safe=""), quote(password), escaped}
+    return sorted(forms, key=len, reverse=True)  # longest first: a short form must not split a longer one
 
 
 def scrub(text: str, dsn: str) -> str:
     """Remove the password of dsn from an arbitrary text such as an exception message."""
-    if "://" in dsn:
-        patterns = (r"[?&]password=([^&#]+)", r"://[^:/@]*:([^@]+)@")
-    else:
-        patterns = (r"password\s*=\s*'((?:[^'\\]|\\.)+)'", r"password\s*=\s*([^'\s]\S*)")
-    for pattern in patterns:
-        match = re.search(pattern, dsn, re.IGNORECASE)
-        if match and match.group(1):
-            text = text.replace(match.group(1), MASK)
+    try:
+        password = _password(dsn)
+    except ProgrammingError:
+        return text.replace(dsn, UNPARSABLE) if dsn else text
+    if password is None:
+        return text
+    for form in _spellings(password):
+        text = text.replace(form, MASK)
     return text

@@ -13,9 +13,13 @@ import stat
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import configargparse
 import orjson
 
+from reference import VERSION_TEXT
+from reference.envargs import add_env_option, env_parser
 from reference.events import EventFactory, filler_text, record_pool
 from reference.fifo import NotAFifoError, describe_kind
 from reference.fifo_writer import FifoWriter, WriterStats
@@ -23,6 +27,8 @@ from reference.framing import PACK_TO_PIPE_BUF, frames
 from reference.sizes import MAX_RUN_ID_LENGTH, MAX_SOURCE_LENGTH, SizeRange, parse_size
 
 log = logging.getLogger("reference.emitter")
+
+PROGRAM = "emitter"
 
 # Lines generated ahead of the writes that carry them: large enough to pack PIPE_BUF many times over,
 # small enough that a stop request is honoured within a few milliseconds.
@@ -48,6 +54,8 @@ class EmitterConfig:
 
 
 _stop_requested = False
+# Exit status when a signal stopped the emitter before it sent what it was asked to (the summary is printed).
+EXIT_STOPPED_SHORT = 3
 
 
 def _request_stop(signum: int, frame: object) -> None:
@@ -175,25 +183,30 @@ def _size(text: str) -> SizeRange:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of the reference emitter."""
-    p = argparse.ArgumentParser(prog="python -m reference.emitter", description=__doc__)
-    p.add_argument("--fifo", required=True, help="path of the FIFO to write (the collector creates it)")
+def build_parser() -> configargparse.ArgumentParser:
+    """The command line of the reference emitter; each option also reads NAMEDPIPER_EMITTER_<OPTION>."""
+    p = env_parser("python -m reference.emitter", __doc__)
+    p.add_argument("--version", action="version", version=VERSION_TEXT)
+
+    def option(*names: str, target: Any = p, **kwargs: Any) -> None:
+        add_env_option(target, PROGRAM, *names, **kwargs)
+
+    option("--fifo", required=True, help="path of the FIFO to write (the collector creates it)")
     amount = p.add_mutually_exclusive_group()
-    amount.add_argument("--count", type=int, help="lines in total, shared between writers (default 1000)")
-    amount.add_argument("--duration", type=float, help="write for this many seconds instead of a count")
-    p.add_argument("--rate", type=float, default=0, help="lines per second in total; 0 = as fast as possible")
-    p.add_argument("--size", type=_size, default=parse_size("small"),
-                   help="size class (small, medium, pipe_buf, over_pipe_buf, over_capacity) or MIN-MAX bytes")
-    p.add_argument("--writers", type=_positive_int, default=1, help="writer processes (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed for reproducible events (default 0)")
-    p.add_argument("--run-id", default=None, help="run id stored in data._np.run (default: random)")
-    p.add_argument("--source", default="w", help="source prefix; writer k is SOURCE+k in data._np.src")
-    p.add_argument("--lines-per-write", type=int, default=PACK_TO_PIPE_BUF,
-                   help="lines per write; 0 (default) packs whole lines up to PIPE_BUF (4096 B) per write")
-    p.add_argument("--nonblocking", action="store_true",
-                   help="drop and count lines when the pipe is full or has no reader, instead of waiting")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    option("--count", target=amount, type=int, help="lines in total, shared between writers (default 1000)")
+    option("--duration", target=amount, type=float, help="write for this many seconds instead of a count")
+    option("--rate", type=float, default=0, help="lines per second in total; 0 = as fast as possible")
+    option("--size", type=_size, default=parse_size("small"),
+           help="size class (small, medium, pipe_buf, over_pipe_buf, over_capacity) or MIN-MAX bytes")
+    option("--writers", type=_positive_int, default=1, help="writer processes (default 1)")
+    option("--seed", type=int, default=0, help="seed for reproducible events (default 0)")
+    option("--run-id", default=None, help="run id stored in data._np.run (default: random)")
+    option("--source", default="w", help="source prefix; writer k is SOURCE+k in data._np.src")
+    option("--lines-per-write", type=int, default=PACK_TO_PIPE_BUF,
+           help="lines per write; 0 (default) packs whole lines up to PIPE_BUF (4096 B) per write")
+    option("--nonblocking", action="store_true",
+           help="drop and count lines when the pipe is full or has no reader, instead of waiting")
+    option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
 
@@ -227,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(MAX_PACING_SLEEP_S)
         if _stop_requested:
             log.warning("stopped before %s appeared; nothing was written", args.fifo)
-            return 0
+            print(orjson.dumps({"run": args.run_id, "writers": args.writers, "size": str(args.size),
+                                **WriterStats().as_dict(), "elapsed_seconds": 0, "lines_per_second": None,
+                                "sources": []}).decode(), flush=True)
+            return EXIT_STOPPED_SHORT
     if os.path.exists(args.fifo) and not stat.S_ISFIFO(os.stat(args.fifo).st_mode):
         print(f"error: {args.fifo} is {describe_kind(os.stat(args.fifo).st_mode)}, not a FIFO; "
               "point --fifo at the collector's FIFO", file=sys.stderr)
@@ -238,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(summary).decode(), flush=True)
-    return 0
+    short = (args.count is not None and summary["lines_sent"] + summary["lines_dropped"] < args.count) or \
+        (args.duration is not None and _stop_requested)
+    return EXIT_STOPPED_SHORT if short else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from reference import VERSION_TEXT
 from reference.fifo import PIPE_BUF, ensure_fifo, get_pipe_size, pipe_max_size, set_pipe_size
 from reference.torn_lines import (
     DEFAULT_LINES,
@@ -45,6 +46,11 @@ CORRECTIONS = (
 
 RD = os.O_RDONLY | os.O_NONBLOCK
 WR = os.O_WRONLY | os.O_NONBLOCK
+
+
+def _errno_name(exc: OSError) -> str:
+    """The symbolic name of an OSError's errno (EAGAIN, EPIPE, ...)."""
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
 class MeasurementError(RuntimeError):
@@ -153,7 +159,7 @@ def measure_full_pipe() -> Fact:
         try:
             next_write = f"accepted {os.write(writer, b'x')} byte"
         except BlockingIOError as exc:
-            next_write = errno.errorcode[exc.errno]
+            next_write = _errno_name(exc)
         read_back = _read_now(reader)
     value = {"filled": len(written), "next_write": next_write,
              "first_bytes_intact": read_back[:PIPE_BUF] == written[:PIPE_BUF],
@@ -227,7 +233,7 @@ def measure_open_without_reader() -> Fact:
         try:
             outcome = f"opened fd {fds.open(path, WR)}"
         except OSError as exc:
-            outcome = errno.errorcode[exc.errno]
+            outcome = _errno_name(exc)
     return Fact("open_without_reader", "non-blocking open(O_WRONLY) with no reader", outcome,
                 "A non-blocking writer retries its open until a reader is there.")
 
@@ -240,7 +246,7 @@ def measure_write_without_reader() -> Fact:
         try:
             outcome = f"accepted {os.write(writer, b'x')} byte"
         except BrokenPipeError as exc:
-            outcome = f"{errno.errorcode[exc.errno]} (BrokenPipeError)"
+            outcome = f"{_errno_name(exc)} (BrokenPipeError)"
     return Fact("write_without_reader", "write after the last reader closed",
                 {"outcome": outcome, "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN},
                 "The writer learns the collector is gone; Python ignores SIGPIPE, so the write raises.")
@@ -269,7 +275,7 @@ def measure_eof() -> Fact:
         try:
             one_left = f"data {os.read(reader, 1)!r}"
         except BlockingIOError as exc:
-            one_left = errno.errorcode[exc.errno]
+            one_left = _errno_name(exc)
         fds.close(second)
         value = {"one_writer_left": one_left, "all_writers_closed": repr(os.read(reader, 1))}
     return Fact("eof_when_writers_close", "read when writers close", value,
@@ -309,6 +315,7 @@ def format_table(facts: Sequence[Fact]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure every fact and print a table or JSON; return 1 if a measurement failed."""
     parser = argparse.ArgumentParser(prog="python -m reference.pipefacts", description=__doc__)
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                         help="comma-separated torn-line sizes in bytes, newline included (%(default)s)")

@@ -15,12 +15,9 @@ import psycopg2
 from loadtests.bench.dataset import COLLECTOR_STOP_TIMEOUT_S, Bench, BenchError
 from loadtests.bench.pipes import Writer, pack_writes
 from loadtests.bench.server import count_rows, wait_until_visible
+from reference.collector.copytext import COPY_READ_BYTES, COPY_SQL
 from reference.collector.validate import COLUMNS
 
-# copy_expert reads its file in pieces of this size: 1 MiB makes the COPY limit a limit of the server, not of
-# 8 KiB Python reads (psycopg2's default).
-COPY_READ_BYTES = 1024 * 1024
-COPY_SQL = f"COPY logs ({', '.join(COLUMNS)}) FROM STDIN"
 # Built from the constant column names, never from input.
 NAIVE_INSERT_SQL = f"INSERT INTO logs ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"  # noqa: S608
 

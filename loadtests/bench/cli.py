@@ -29,6 +29,7 @@ from loadtests.bench.profile import PROFILE_CODE, profile_collector
 from loadtests.bench.report import LATENCY_RATE, check_targets, derive, render_table
 from loadtests.bench.server import Server
 from loadtests.database import DatabaseUnavailableError
+from reference import VERSION_TEXT
 from reference.fifo import PIPE_BUF
 from reference.sizes import SIZE_CLASSES
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
     p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=loadtests.bench.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=VERSION_TEXT)
     p.add_argument("--size", choices=SIZES, default="small", help="size class of the lines (default small)")
     p.add_argument("--lines", type=int, default=DEFAULT_LINES,
                    help=f"lines in the data set (default {DEFAULT_LINES:,})")

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from loadtests.bench.collector import CollectorProcess
+from loadtests.bench.collector import BenchCollector
 from loadtests.bench.dataset import Bench
 from loadtests.bench.pipes import write_all
 from loadtests.bench.report import percentile
@@ -57,7 +57,7 @@ def measure_latency(bench: Bench) -> None:
     with bench.server.fresh_database() as dsn:
         with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
             cur.execute(SEQ_INDEX_SQL)
-        collector = CollectorProcess(fifo, dsn, log_path, extra=bench.collector_args).start()
+        collector = BenchCollector(fifo, dsn, log_path, extra=bench.collector_args).start()
         poller = threading.Thread(target=poll, args=(dsn,), name="bench-poller", daemon=True)
         poller.start()
         try:

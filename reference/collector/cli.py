@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
+from typing import Any
 
+import configargparse
+
+from reference import VERSION_TEXT
 from reference.collector.collector import (
     BATCH_MAX_BYTES,
     BATCH_ROWS,
     FLUSH_INTERVAL_S,
     STATS_INTERVAL_S,
-    Collector,
     CollectorConfig,
 )
 from reference.collector.credentials import (
@@ -25,49 +27,62 @@ from reference.collector.credentials import (
 )
 from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
 from reference.collector.loader import DatabaseConfigError
+from reference.collector.pipeline import build_collector
+from reference.collector.stop import StopRequest
+from reference.dsn import DSN_ENV
+from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
-DSN_ENV = "NAMEDPIPER_DSN"
+PROGRAM = "collector"
+# libpq reads these itself: any of them set means the user chose a server without --dsn.
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
+NO_DSN_MESSAGE = (f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
+                  f"({', '.join(LIBPQ_ENV)}, PGUSER, PGPASSFILE ...); for a local test database run "
+                  "`python -m loadtests.database start` and pass the DSN it prints")
 # --journal-max-bytes holds at least this many of the longest lines: an unfinished line plus a quarter-limit
 # segment then never fill the journal, so loading can always free room.
 JOURNAL_LINES_HELD = 4
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of the reference collector."""
-    p = argparse.ArgumentParser(prog="python -m reference.collector", description=__doc__)
-    p.add_argument("--fifo", required=True, help="FIFO to read; created (mode --fifo-mode) when missing")
-    p.add_argument("--dsn", default=os.environ.get(DSN_ENV, ""),
-                   help=f"PostgreSQL DSN (default ${DSN_ENV}, else libpq's PG* variables); a password here is "
-                        "visible to every local user: prefer the variable, --dsn-file or PGPASSFILE")
-    p.add_argument("--dsn-file", metavar="FILE", default=None,
-                   help="read the DSN from the first line of FILE (mode 600), keeping a password off the command line")
-    p.add_argument("--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per COPY (default {BATCH_ROWS})")
-    p.add_argument("--batch-bytes", type=int, default=BATCH_MAX_BYTES,
-                   help=f"bytes per COPY (default {BATCH_MAX_BYTES})")
-    p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL_S,
-                   help=f"seconds before a partly filled batch is sent (default {FLUSH_INTERVAL_S})")
-    p.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
-                   help=f"longer lines are rejected with their first bytes (default {MAX_LINE_BYTES})")
-    p.add_argument("--pipe-size", type=int, default=None,
-                   help="ask for this pipe capacity with F_SETPIPE_SZ (capped at /proc/sys/fs/pipe-max-size)")
-    p.add_argument("--fifo-mode", type=lambda s: int(s, 8), default=DEFAULT_FIFO_MODE,
-                   help="octal mode of a FIFO the collector creates (default 660)")
-    p.add_argument("--no-schema", dest="apply_schema", action="store_false",
-                   help="do not create the tables at start (they must exist)")
-    p.add_argument("--stats-interval", type=float, default=STATS_INTERVAL_S,
-                   help=f"seconds between stats lines (default {STATS_INTERVAL_S})")
-    p.add_argument("--journal", metavar="DIR", default=None,
-                   help="journal folder: raw bytes are kept here until their rows are committed, so a crash or a "
-                        "database outage loses and duplicates nothing")
-    p.add_argument("--journal-max-bytes", type=int, default=DEFAULT_MAX_BYTES,
-                   help=f"with --journal: at most this many bytes on disk; when reached (or the disk is full) the "
-                        f"collector stops reading the FIFO until loaded bytes are removed, so writers wait "
-                        f"(default {DEFAULT_MAX_BYTES}, 4 GiB; 0: only the disk limits it)")
-    p.add_argument("--fsync", action="store_true",
-                   help="with --journal: fdatasync every read, so the journal also survives a power loss")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+def build_parser() -> configargparse.ArgumentParser:
+    """The command line of the reference collector; each option also reads NAMEDPIPER_COLLECTOR_<OPTION>."""
+    p = env_parser("python -m reference.collector", __doc__)
+    p.add_argument("--version", action="version", version=VERSION_TEXT)
+
+    def option(*names: str, **kwargs: Any) -> None:
+        add_env_option(p, PROGRAM, *names, **kwargs)
+
+    option("--fifo", required=True, help="FIFO to read; created (mode --fifo-mode) when missing")
+    option("--dsn", env_var=DSN_ENV, default="",
+           help=f"PostgreSQL DSN (${DSN_ENV}, else libpq's PG* variables); a password here is visible to every "
+                "local user: prefer the variable, --dsn-file or PGPASSFILE")
+    option("--dsn-file", metavar="FILE", default=None,
+           help="read the DSN from the first line of FILE (mode 600), keeping a password off the command line")
+    option("--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per COPY (default {BATCH_ROWS})")
+    option("--batch-bytes", type=int, default=BATCH_MAX_BYTES, help=f"bytes per COPY (default {BATCH_MAX_BYTES})")
+    option("--flush-interval", type=float, default=FLUSH_INTERVAL_S,
+           help=f"seconds before a partly filled batch is sent (default {FLUSH_INTERVAL_S})")
+    option("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
+           help=f"longer lines are rejected with their first bytes (default {MAX_LINE_BYTES})")
+    option("--pipe-size", type=int, default=None,
+           help="ask for this pipe capacity with F_SETPIPE_SZ (capped at /proc/sys/fs/pipe-max-size)")
+    option("--fifo-mode", type=lambda s: int(s, 8), default=DEFAULT_FIFO_MODE,
+           help="octal mode of a FIFO the collector creates (default 660)")
+    option("--no-schema", dest="apply_schema", action="store_false",
+           help="do not create the tables at start (they must exist)")
+    option("--stats-interval", type=float, default=STATS_INTERVAL_S,
+           help=f"seconds between stats lines (default {STATS_INTERVAL_S})")
+    option("--journal", metavar="DIR", default=None,
+           help="journal folder: raw bytes are kept here until their rows are committed, so a crash or a "
+                "database outage loses and duplicates nothing")
+    option("--journal-max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+           help=f"with --journal: at most this many bytes on disk; when reached (or the disk is full) the "
+                f"collector stops reading the FIFO until loaded bytes are removed, so writers wait "
+                f"(default {DEFAULT_MAX_BYTES}, 4 GiB; 0: only the disk limits it)")
+    option("--fsync", action="store_true",
+           help="with --journal: fdatasync every read, so the journal also survives a power loss")
+    option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
 
@@ -101,14 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         flush_interval=args.flush_interval, max_line_bytes=args.max_line_bytes, pipe_size=args.pipe_size,
         fifo_mode=args.fifo_mode, apply_schema=args.apply_schema, stats_interval=args.stats_interval,
         journal=args.journal, fsync=args.fsync, journal_max_bytes=args.journal_max_bytes)
+    if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
+        print(NO_DSN_MESSAGE, file=sys.stderr)
+        return 2
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2
-    collector = Collector(config)
-    signal.signal(signal.SIGTERM, collector.request_stop)
-    signal.signal(signal.SIGINT, collector.request_stop)
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop.request)
+    signal.signal(signal.SIGINT, stop.request)
     try:
-        return collector.run()
+        return build_collector(config, stop).run()
     except (NotAFifoError, FifoPathError, JournalError, DatabaseConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

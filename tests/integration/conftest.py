@@ -17,14 +17,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -33,6 +31,7 @@ import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
+from loadtests.collector_process import CollectorProcess as BaseCollectorProcess
 from loadtests.database import Database
 from reference.schema import apply_schema
 
@@ -60,61 +59,23 @@ def emitter_command(fifo: str | os.PathLike[str], *args: str) -> list[str]:
     return [sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), *args]
 
 
-@dataclass
-class CollectorProcess:
-    """One running `python -m reference.collector`; its stdout and stderr go to log_path."""
-
-    proc: subprocess.Popen
-    log_path: Path
-    fifo: Path
-    args: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        """Everything the collector has logged so far."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+class CollectorProcess(BaseCollectorProcess):
+    """One running `python -m reference.collector` with the tests' timeouts; its output goes to log_path."""
 
     def wait_for_log(self, text: str, timeout: float = COLLECTOR_READY_TIMEOUT_S) -> None:
-        """Wait until the log contains text (and, for the ready text, the FIFO exists); fail with the log if not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if text in self.log() and (text != COLLECTOR_READY_TEXT or _is_fifo(self.fifo)):
-                return
-            if not self.alive:
-                pytest.fail(f"the collector (pid {self.pid}) exited with status {self.proc.returncode} before "
-                            f"logging {text!r}; its log:\n{self.log()}")
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the collector (pid {self.pid}) did not log {text!r} within {timeout:g} s; "
-                            f"its log:\n{self.log()}")
-            time.sleep(POLL_INTERVAL_S)
+        """Wait until the log contains text (and, for the ready text, the FIFO exists)."""
+        self.wait_until(lambda: text in self.log() and (text != COLLECTOR_READY_TEXT or _is_fifo(self.fifo)),
+                        f"logging {text!r}", timeout)
 
     def wait(self, timeout: float = COLLECTOR_STOP_TIMEOUT_S) -> int:
-        """Wait for the process to exit on its own and return its exit status; fail with the log if it does not."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the collector (pid {self.pid}) still runs after {timeout:g} s; its log:\n{self.log()}")
+        """Wait for the process to exit on its own and return its exit status."""
+        return super().wait(timeout)
 
     def stop(self, timeout: float = COLLECTOR_STOP_TIMEOUT_S) -> int:
-        """Send SIGTERM (the collector drains the pipe and flushes) and return the exit status."""
-        if self.alive:
-            os.kill(self.pid, signal.SIGTERM)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the process if it still runs, and reap it."""
-        if self.alive:
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(COLLECTOR_STOP_TIMEOUT_S)
+        """SIGTERM (the collector drains the pipe and flushes), SIGKILL after timeout; the exit status."""
+        status = super().stop(timeout)
+        assert status is not None
+        return status
 
 
 def _is_fifo(path: Path) -> bool:
@@ -241,11 +202,9 @@ def collector(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess]]:
 
     def start(fifo: str | os.PathLike[str], dsn: str, *extra_args: str, ready: str | None = COLLECTOR_READY_TEXT,
               timeout: float = COLLECTOR_READY_TIMEOUT_S) -> CollectorProcess:
-        log_path = tmp_path / f"collector-{len(started)}.log"
-        command = collector_command(fifo, dsn, *extra_args)
-        with log_path.open("wb") as log_file:  # the child keeps its own descriptor
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-        handle = CollectorProcess(proc, log_path, Path(fifo), command)
+        handle = CollectorProcess(collector_command(fifo, dsn, *extra_args), fifo,
+                                  tmp_path / f"collector-{len(started)}.log")
+        handle.start()
         started.append(handle)
         if ready is not None:
             handle.wait_for_log(ready, timeout)

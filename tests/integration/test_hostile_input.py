@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -57,10 +56,8 @@ def module_dsn(database) -> Iterator[str]:
 def hostile_collector(module_dsn, tmp_path_factory) -> Iterator[CollectorProcess]:
     """One reference collector (default settings) for every kind: a bad line must not disturb the next test."""
     folder = tmp_path_factory.mktemp("hostile")
-    command = collector_command(folder / "logs.fifo", module_dsn)
-    with (folder / "collector.log").open("wb") as log_file:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-    handle = CollectorProcess(proc, folder / "collector.log", folder / "logs.fifo", command)
+    handle = CollectorProcess(collector_command(folder / "logs.fifo", module_dsn), folder / "logs.fifo",
+                              folder / "collector.log").start()
     try:
         handle.wait_for_log(COLLECTOR_READY_TEXT)
         yield handle

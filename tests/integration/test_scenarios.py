@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.verdict import unexplained_bytes
-
 ROOT = Path(__file__).resolve().parents[2]
 # A shortened scenario still needs time for Locust to start its workers and for the drain after the stop.
 LOCUST_TIMEOUT_S = 240
@@ -63,24 +61,24 @@ class TestScenarios:
         code, output, v = run_scenario("over_pipe_buf", dsn, tmp_path)
         assert_passed(code, output, v)
         t = v["totals"]
-        assert unexplained_bytes(t) == 0
-        assert t["unaccounted_bytes"] >= 0  # corrupt rows can only read back shorter than what arrived
-        assert t["bytes_sent_big"] > 1_000_000
+        assert t["bytes"]["unexplained"] == 0
+        assert t["bytes"]["unaccounted"] >= 0  # corrupt rows can only read back shorter than what arrived
+        assert t["bytes"]["sent_big"] > 1_000_000
         assert t["torn_or_rejected"] > 0, "writes above PIPE_BUF from 8 users tore no line at all"
 
     def test_over_capacity_accounts_for_every_byte(self, dsn, tmp_path):
         """over_capacity: lines larger than the pipe block their writers and every byte is accounted for."""
         code, output, v = run_scenario("over_capacity", dsn, tmp_path)
         assert_passed(code, output, v)
-        assert unexplained_bytes(v["totals"]) == 0
-        assert v["latency_ms"]["blocked_s"] > 0
+        assert v["totals"]["bytes"]["unexplained"] == 0
+        assert v["latency"]["blocked_s"] > 0
 
     def test_backpressure_stalls_writers_and_loses_nothing(self, dsn, tmp_path):
         """backpressure: a paused collector shows as write latency, then everything lands."""
         code, output, v = run_scenario("backpressure", dsn, tmp_path, "--run-time", "8s",
                                        "--pause-collector-at", "2", "--pause-collector-for", "3")
         assert_passed(code, output, v)
-        assert v["latency_ms"]["max"] >= 2500, v["latency_ms"]
+        assert v["latency"]["max_ms"] >= 2500, v["latency"]
         assert v["totals"]["lost"] == 0
         assert v["totals"]["landed"] == v["totals"]["sent"]
         assert any("paused" in f for f in v["faults"])
@@ -125,8 +123,9 @@ class TestDistributed:
         code, output, v = run_scenario("steady", dsn, tmp_path, "--processes", "2", "--users", "8",
                                        "--spawn-rate", "8")
         assert_passed(code, output, v)
+        # Locust numbers workers as they connect, not necessarily 0 and 1: count distinct ones, never name them.
         workers = {s["source"].split("u")[0] for s in v["sources"]}
-        assert workers == {"p0", "p1"}
+        assert len(workers) == 2, workers
         assert v["totals"]["landed"] == v["totals"]["sent"] > 1000
         assert output.count("namedpiper verdict:") == 1
 
@@ -139,49 +138,3 @@ def test_a_bad_size_mix_is_refused_with_a_clear_message(bad, dsn, tmp_path):
                            "--report-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "--size-mix" in proc.stderr + proc.stdout
-
-
-class TestWebUI:
-    def test_each_start_and_stop_in_the_web_ui_is_one_run(self, dsn, tmp_path):
-        """Two start/stop cycles through Locust's web API give two runs, each with its own passing verdict."""
-        import socket
-        import time
-        import urllib.request
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        locust = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NAMEDPIPER_")}
-        out = (tmp_path / "locust.log").open("w")
-        proc = subprocess.Popen([locust, "-f", "loadtests/fifo.py", "--web-host", "127.0.0.1", "--web-port", str(port),
-                                 "--dsn", dsn, "--report-dir", str(tmp_path / "reports")],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        base = f"http://127.0.0.1:{port}"
-
-        def post(path: str, data: bytes = b"") -> None:
-            urllib.request.urlopen(urllib.request.Request(base + path, data=data, method="POST"), timeout=60).read()
-
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/", timeout=5).read()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
-                    time.sleep(0.2)
-            for _ in range(2):
-                post("/swarm", b"user_count=4&spawn_rate=4")
-                time.sleep(3)
-                post("/stop")  # returns once the run is stopped and judged
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            out.close()
-        log_text = (tmp_path / "locust.log").read_text()
-        verdicts = [json.loads(p.read_text()) for p in (tmp_path / "reports").glob("*/verdict.json")]
-        assert len(verdicts) == 2, log_text[-3000:]
-        assert all(v["passed"] and v["totals"]["landed"] == v["totals"]["sent"] > 0 for v in verdicts)
-        assert len({v["run_id"] for v in verdicts}) == 2
-        assert log_text.count("PASS: every expectation holds") == 2

@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import pytest
+from psycopg2.extensions import parse_dsn
 
-from reference.dsn import MASK, redact, scrub
+from reference.dsn import MASK, UNPARSABLE, redact, scrub
 
 
 class TestRedactUri:
     @pytest.mark.parametrize(
-        ("dsn", "shown"),
+        ("dsn", "password"),
         [
-            ("postgresql://app:s3cret@db.example:5432/logs", "postgresql://app:***@db.example:5432/logs"),
-            ("postgres://app:p%40ss@db/logs?sslmode=require", "postgres://app:***@db/logs?sslmode=require"),
-            ("postgresql://app:pa:ss@db/logs", "postgresql://app:***@db/logs"),
-            ("postgresql://app:p@ss@db/logs", "postgresql://app:***@db/logs"),
-            ("postgresql://app@db/logs?password=s3cret", "postgresql://app@db/logs?password=***"),
-            ("postgresql://db/logs?sslmode=require&password=s3cret&application_name=np",
-             "postgresql://db/logs?sslmode=require&password=***&application_name=np"),
-            ("postgresql://app:one@db/logs?PASSWORD=two", "postgresql://app:***@db/logs?PASSWORD=***"),
+            ("postgresql://app:s3cret@db.example:5432/logs", "s3cret"),
+            ("postgres://app:p%40ss@db/logs?sslmode=require", "p@ss"),
+            ("postgresql://app:pa:ss@db/logs", "pa:ss"),
+            ("postgresql://app@db/logs?password=s3cret", "s3cret"),
+            ("postgresql://db/logs?sslmode=require&password=s3cret&application_name=np", "s3cret"),
         ],
     )
-    def test_hides_password(self, dsn, shown):
-        """A password in the user info or in the query of a URI is replaced by ***."""
-        assert redact(dsn) == shown
-        assert "s3cret" not in redact(dsn)
+    def test_hides_password(self, dsn, password):
+        """A password in the user info or in the query of a URI is replaced by ***; every other setting stays."""
+        shown = redact(dsn)
+        assert password not in shown
+        assert "s3cret" not in shown
+        expected = parse_dsn(dsn)
+        expected["password"] = MASK
+        assert parse_dsn(shown) == expected
+
+    def test_password_as_libpq_reads_it(self):
+        """An unencoded @ in the password ends it where libpq ends it: what libpq would send is hidden."""
+        shown = redact("postgresql://app:p@ss@db/logs")
+        assert parse_dsn(shown)["password"] == MASK
+        assert parse_dsn(shown)["host"] == "ss@db"
+
+    @pytest.mark.parametrize("dsn", ["postgresql://app:one@db/logs?PASSWORD=two", "host=db password", "x=y z"])
+    def test_unparsable_not_shown(self, dsn):
+        """A DSN libpq cannot parse (it could never connect) is not shown at all: its password cannot be found."""
+        assert redact(dsn) == UNPARSABLE
 
     @pytest.mark.parametrize(
         "dsn",
@@ -44,18 +57,21 @@ class TestRedactUri:
 
 class TestRedactKeywords:
     @pytest.mark.parametrize(
-        ("dsn", "shown"),
+        ("dsn", "password"),
         [
-            ("host=db password=s3cret dbname=logs", "host=db password=*** dbname=logs"),
-            ("host=db password='a b' dbname=logs", "host=db password=*** dbname=logs"),
-            ("host=db password = s3cret", "host=db password = ***"),
-            ("host=db password='it\\'s s3cret' user=app", "host=db password=*** user=app"),
-            ("PASSWORD=s3cret host=db", "PASSWORD=*** host=db"),
+            ("host=db password=s3cret dbname=logs", "s3cret"),
+            ("host=db password='a b' dbname=logs", "a b"),
+            ("host=db password = s3cret", "s3cret"),
+            ("host=db password='it\\'s s3cret' user=app", "it's s3cret"),
         ],
     )
-    def test_hides_password(self, dsn, shown):
-        """A password=value pair, quoted or not, shows *** instead of the value."""
-        assert redact(dsn) == shown
+    def test_hides_password(self, dsn, password):
+        """A password=value pair, quoted or not, shows *** instead of the value; every other setting stays."""
+        shown = redact(dsn)
+        assert password not in shown
+        expected = parse_dsn(dsn)
+        expected["password"] = MASK
+        assert parse_dsn(shown) == expected
 
     @pytest.mark.parametrize("dsn", ["host=db dbname=logs user=app", "dbname=logs", "", "service=np"])
     def test_without_password_unchanged(self, dsn):
