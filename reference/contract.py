@@ -65,26 +65,25 @@ _LONGEST_Z = len("2026-11-28T05:30:00.123456Z")
 _LONGEST_OFFSET = len("2026-11-28T05:30:00.123456+00:00")
 
 
-def check_time(time_raw: msgspec.Raw) -> str:
+def check_time(time_raw: msgspec.Raw, plain: bool = False) -> str:
     """The time field's COPY text: the stamp as written, or the instant it denotes in UTC; Invalid names the rule.
 
     msgspec's C parser (0.2 us) judges the usual stamp: it accepts exactly the RFC 3339 date-times (a property
     test compares it with _TIME) plus a missing offset and +HHMM, which the checks on the text exclude. The rest
     (escapes, leap seconds, offsets PostgreSQL refuses, long fractions, years 0000/0001/9999, and every rejection)
-    takes the exact path through _TIME.
+    takes the exact path through _TIME. plain: the line holds no backslash, so the stamp has no JSON escape.
     """
     try:
         stamp = _DATETIME.decode(time_raw)
-    except msgspec.DecodeError:  # and its subclass ValidationError: not a date-time msgspec knows
+        text = str(time_raw, "ascii")[1:-1]  # a stray non-ASCII byte takes the exact path
+    except (msgspec.DecodeError, UnicodeDecodeError):  # DecodeError and its subclass ValidationError
         stamp = None
-    if stamp is not None and stamp.tzinfo is not None and 1 < stamp.year < 9999:
-        text = str(time_raw, "ascii", "replace")[1:-1]  # a non-ASCII byte fails the shape checks below
-        if "\\" not in text and "\ufffd" not in text:  # a JSON escape or a stray byte: the text is not the stamp
-            if text[-1] in "Zz":
-                if len(text) <= _LONGEST_Z:
-                    return text
-            elif text[-3] == ":" and len(text) <= _LONGEST_OFFSET and text[-5:-3] <= PG_MAX_OFFSET_HOUR:
+    if stamp is not None and stamp.tzinfo is not None and 1 < stamp.year < 9999 and (plain or "\\" not in text):
+        if text[-1] in "Zz":
+            if len(text) <= _LONGEST_Z:
                 return text
+        elif text[-3] == ":" and len(text) <= _LONGEST_OFFSET and text[-5:-3] <= PG_MAX_OFFSET_HOUR:
+            return text
     try:
         when = msgspec.json.decode(time_raw)
     except msgspec.DecodeError as exc:  # msgspec does not check UTF-8 inside a Raw value

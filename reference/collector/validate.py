@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 UTF8_BOM = b"\xef\xbb\xbf"
 ENCODE = msgspec.json.Encoder().encode
+# Well-formed data nested past MAX_NESTING holds at least this many bytes: shorter data needs no nesting check.
+NESTING_CHECK_LENGTH = 2 * (MAX_NESTING - 1)
 # Where a glued line may restart: an object opening with one of the contract's keys. Events start so; the
 # objects inside data rarely do, so a long line costs few attempts.
 EVENT_START = re.compile(rb'\{[ \t\r\n]*"(?:' + b"|".join(c.encode() for c in COLUMNS) + rb')"')
@@ -108,7 +110,8 @@ def parse_event(raw: bytes) -> bytes:
     # counted exactly (1-2 us).
     if ENCODE(event) != raw and members(raw, fields[0], joined, data_text) != len(COLUMNS):
         raise Invalid(repeated_key_reason(raw))
-    check_nesting(data_text)
+    if len(data_text) > NESTING_CHECK_LENGTH:
+        check_nesting(data_text)
     # Without a backslash in the line no string holds an escape, so no text holds a tab, newline, CR,
     # backslash or NUL (JSON strings cannot hold them raw): one memchr spares the per-field checks.
     plain = raw.find(b"\\") < 0
@@ -116,7 +119,7 @@ def parse_event(raw: bytes) -> bytes:
     if not plain and ("\\" in joined or "\n" in joined or "\r" in joined or "\x00" in joined
                       or joined.count("\t") != len(texts) - 1):
         joined = _copy_texts(texts)
-    return b"".join(((check_time(fields[0]) + "\t" + joined).encode(), b"\t", data_copy, b"\n"))
+    return b"".join(((check_time(fields[0], plain) + "\t" + joined).encode(), b"\t", data_copy, b"\n"))
 
 
 def _internal_error(raw: bytes, exc: Exception) -> Rejection:
