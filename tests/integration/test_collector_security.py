@@ -118,14 +118,20 @@ class TestFifoRemoved:
         """An emitter holding the old FIFO and one opening the new path both land every line, once."""
         extra = ("--journal", str(tmp_path / "j")) if journal else ()
         proc = collector(fifo_path, dsn, *extra)
-        old = start_emitter(fifo_path, "oldfifo", 6000, 2000)
-        time.sleep(1.0)
-        os.unlink(fifo_path)
-        proc.wait_for_log("was removed", timeout=10)  # noticed within PATH_CHECK_S
-        assert stat.S_ISFIFO(fifo_path.lstat().st_mode)
-        new = start_emitter(fifo_path, "newfifo", 3000, 3000)
-        finish(new)
-        finish(old)
+        emitters = [start_emitter(fifo_path, "oldfifo", 6000, 2000)]
+        try:
+            time.sleep(1.0)
+            os.unlink(fifo_path)
+            proc.wait_for_log("was removed", timeout=10)  # noticed within PATH_CHECK_S
+            assert stat.S_ISFIFO(fifo_path.lstat().st_mode)
+            emitters.append(start_emitter(fifo_path, "newfifo", 3000, 3000))
+            for emitter in reversed(emitters):
+                finish(emitter)
+        finally:
+            for emitter in emitters:  # a blocking emitter without a reader would wait for ever
+                if emitter.poll() is None:
+                    emitter.kill()
+                    emitter.wait()
         wait_for_rows(dsn, RUN_PREDICATE, 6000, params=("oldfifo",))
         wait_for_rows(dsn, RUN_PREDICATE, 3000, params=("newfifo",))
         proc.wait_for_log("no writers left", timeout=10)

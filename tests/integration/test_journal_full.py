@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -62,7 +64,15 @@ def start_emitter(fifo: Path, run_id: str, count: int) -> subprocess.Popen:
     """A blocking emitter at full speed in the background: it waits while the collector does not read."""
     return subprocess.Popen([sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), "--count", str(count),
                              "--run-id", run_id, "--writers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: its writer processes end with it
+
+
+def kill_emitter(emitter: subprocess.Popen | None) -> None:
+    """SIGKILL an emitter still running, with its writer processes (its process group), and reap it."""
+    if emitter is not None and emitter.poll() is None:
+        os.killpg(emitter.pid, signal.SIGKILL)
+        emitter.wait()
 
 
 def segment_bytes(folder: Path) -> int:
@@ -109,9 +119,7 @@ class TestFullJournalDisk:
             assert "Traceback" not in second.log()
             assert second.stop() == 0
         finally:
-            if emitter is not None and emitter.poll() is None:
-                emitter.kill()
-                emitter.wait()
+            kill_emitter(emitter)
 
 
 class TestJournalMaxBytes:
@@ -155,9 +163,7 @@ class TestJournalMaxBytes:
             assert MAX_BYTES * 0.9 <= peak <= MAX_BYTES
             assert proc.stop() == 0
         finally:
-            if emitter is not None and emitter.poll() is None:
-                emitter.kill()
-                emitter.wait()
+            kill_emitter(emitter)
 
     def test_a_limit_below_four_lines_is_refused(self, collector, dsn, fifo_path, tmp_path):
         """A limit that could not hold the longest line and a segment: exit 2 with the minimum."""
