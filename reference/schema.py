@@ -46,6 +46,10 @@ def timescaledb_in_database(conn: psycopg2.extensions.connection) -> bool:
 class TimescaleDBNotPreloadedError(psycopg2.ProgrammingError):
     """TimescaleDB is in the database but the server did not preload it: any DDL would end the session."""
 
+    # object_not_in_prerequisite_state: the SQLSTATE the collector's error classes read (a missing preload is a
+    # prerequisite no retry can provide, so the collector stops with exit status 2 instead of retrying).
+    pgcode = "55000"
+
 
 def _use_timescaledb(conn: psycopg2.extensions.connection) -> bool:
     """Whether logs can be a hypertable; a plain table (one warning) when TimescaleDB is installed, not preloaded."""

@@ -32,6 +32,7 @@ _CODES = {
     "25P03": Kind.CONNECTION,  # idle_in_transaction_session_timeout: the server ended the session
     "25006": Kind.REFUSED,  # read_only_sql_transaction: a standby, or default_transaction_read_only
     "3D000": Kind.REFUSED,  # invalid_catalog_name: the database does not exist (any more)
+    "55000": Kind.REFUSED,  # object_not_in_prerequisite_state: e.g. TimescaleDB in the database, not preloaded
 }
 _CLASSES = {
     "08": Kind.CONNECTION,  # connection_exception
@@ -61,6 +62,8 @@ _FIXES = {
     "25006": "the server accepts no writes (a standby, or default_transaction_read_only): point the DSN at the "
              "primary or lift the read-only setting",
     "3D000": "the database was dropped or renamed: create it or fix the DSN",
+    "55000": "provide what the message names (for TimescaleDB: shared_preload_libraries = 'timescaledb' in "
+             "postgresql.conf, then restart the server)",
 }
 _CLASS_FIXES = {
     "28": "fix the credentials (the password or pg_hba.conf changed)",
