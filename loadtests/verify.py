@@ -36,11 +36,18 @@ FROM ordered GROUP BY src
 """.replace("{intact}", INTACT_SQL)
 # Rejected lines received since the run started. Bookkeeping sits at the end of a line, so a torn piece
 # need not carry the run id: the time window is what ties a rejection to a run (runs must not overlap).
+# {length}: the rejected line's full length. The reference collector keeps only the first --reject-keep-bytes of a
+# line in raw and its full length in raw_length; a table without that column (an older schema, another collector)
+# keeps whole lines in raw.
 REJECTED_SQL = """
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE reason LIKE 'fragment%%' OR reason LIKE 'unfinished%%') AS no_newline,
-       coalesce(sum(octet_length(raw)), 0) AS raw_bytes
+       coalesce(sum({length}), 0) AS raw_bytes
 FROM logs_rejected WHERE received_at >= %(since)s
+"""
+HAS_RAW_LENGTH_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('logs_rejected')
+               AND attname = 'raw_length' AND NOT attisdropped)
 """
 LANDED_COUNT_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s"
 REJECTED_COUNT_SQL = "SELECT count(*) FROM logs_rejected WHERE received_at >= %(since)s"
@@ -146,7 +153,9 @@ def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts])
                 r = results.setdefault(src, SourceResult(src, 0, 0, 0, 0))
                 r.rows, r.landed, r.out_of_order, r.corrupt = rows, distinct, out_of_order, corrupt
                 r.duplicated = rows - distinct
-            cur.execute(REJECTED_SQL, {"since": since})
+            cur.execute(HAS_RAW_LENGTH_SQL)
+            length = "coalesce(raw_length, octet_length(raw))" if cur.fetchone()[0] else "octet_length(raw)"
+            cur.execute(REJECTED_SQL.replace("{length}", length), {"since": since})
             rejected, no_newline, rejected_bytes = cur.fetchone()
             landed_bytes, corrupt_bytes = _landed_big_bytes(cur, run_id, counts)
     finally:

@@ -41,6 +41,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def master_ports() -> list[str]:
+    """Locust options that put a distributed run's master on a free port: runs of parallel test sessions never meet."""
+    port = str(free_port())
+    return ["--master-bind-port", port, "--master-port", port]
+
+
 class Harness:
     """One `locust ...` process with its output in a file; stopped and reaped by stop(), by pid."""
 
@@ -48,8 +54,9 @@ class Harness:
         self.log_path = log_path
         self._out = log_path.open("w")
         # Its own session: the test signals it by pid, never pytest's process group.
-        self.proc = subprocess.Popen([locust_path(), *args], cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env or clean_env(), start_new_session=True)
+        self.proc = subprocess.Popen([locust_path(), *master_ports(), *args], cwd=ROOT, stdout=self._out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or clean_env(),
+                                     start_new_session=True)
         self.pid = self.proc.pid
 
     def output(self) -> str:

@@ -263,8 +263,9 @@ def small_tablespace(dsn: str) -> Iterator[str]:
         with admin.cursor() as cur:
             # Everything in it, a hypertable's chunks included (TimescaleDB puts new chunks where logs lives).
             cur.execute("ALTER TABLE logs SET TABLESPACE pg_default")
-            cur.execute(sql.SQL("ALTER TABLE ALL IN TABLESPACE {} SET TABLESPACE pg_default").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("ALTER INDEX ALL IN TABLESPACE {} SET TABLESPACE pg_default").format(sql.Identifier(name)))
+            for kind in ("TABLE", "INDEX"):
+                cur.execute(sql.SQL(f"ALTER {kind} ALL IN TABLESPACE {{}} SET TABLESPACE pg_default").format(
+                    sql.Identifier(name)))
             cur.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
     finally:
         admin.close()
