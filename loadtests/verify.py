@@ -31,12 +31,13 @@ SELECT src, count(*) FILTER (WHERE intact) AS rows, count(DISTINCT seq) FILTER (
        count(*) FILTER (WHERE NOT intact) AS corrupt
 FROM ordered GROUP BY src
 """.replace("{intact}", INTACT_SQL)
-# Rejected lines received since the run started. Bookkeeping sits at the end of a line, so a torn piece
+# Rejected lines received since the run started; raw keeps only a line's first bytes, raw_length all of them
+# (NULL in rows written before the column existed). Bookkeeping sits at the end of a line, so a torn piece
 # need not carry the run id: the time window is what ties a rejection to a run (runs must not overlap).
 REJECTED_SQL = """
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE reason LIKE 'fragment%%' OR reason LIKE 'unfinished%%') AS no_newline,
-       coalesce(sum(octet_length(raw)), 0) AS raw_bytes
+       coalesce(sum(coalesce(raw_length, octet_length(raw))), 0) AS raw_bytes
 FROM logs_rejected WHERE received_at >= %(since)s
 """
 LANDED_COUNT_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s"
