@@ -37,7 +37,7 @@ FROM ordered GROUP BY src
 REJECTED_SQL = """
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE reason LIKE 'fragment%%' OR reason LIKE 'unfinished%%') AS no_newline,
-       coalesce(sum(coalesce(raw_length, octet_length(raw))), 0) AS raw_bytes
+       coalesce(sum(coalesce(raw_length, octet_length(raw))), 0)::bigint AS raw_bytes
 FROM logs_rejected WHERE received_at >= %(since)s
 """
 LANDED_COUNT_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s"
