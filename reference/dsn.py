@@ -27,7 +27,9 @@ def redact(dsn: str) -> str:
     try:
         password = _password(dsn)
     except ProgrammingError:
-        return UNPARSABLE
+        # Not a DSN libpq can read: a text without a URI's user info or a password keyword cannot hold a password
+        # (a command line's other arguments, say); anything else is not shown.
+        return UNPARSABLE if "://" in dsn or "password" in dsn.lower() else dsn
     if password is None:
         return dsn
     return make_dsn(dsn, password=MASK)

@@ -88,8 +88,8 @@ def build_parser() -> configargparse.ArgumentParser:
            help="logs_rejected keeps this many first bytes of a rejected line, with its full length and SHA-256 "
                 f"(default {REJECT_KEEP_BYTES})")
     option("--stop-timeout", dest="stop_grace", type=float, default=STOP_GRACE_S,
-           help="without --journal: seconds a stop waits for a database that cannot take the lines read before "
-                f"giving them up and counting them, exit status 4 (default {STOP_GRACE_S:g})")
+           help="seconds a stop waits for a database that cannot take the lines read; then they are given up and "
+                f"counted (exit status 4), or with --journal left there (default {STOP_GRACE_S:g})")
     option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 

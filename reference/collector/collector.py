@@ -210,7 +210,9 @@ class Collector:
             # From here a database that does not answer is not waited for: the journal keeps what is unloaded.
             sink.release()
         if source.ready:
-            while sink.alive and (chunk := source.next_chunk()) is not None:
+            # Without a journal the sealed bytes are parsed even when the sink gave up, so that the lines given up
+            # are counted; with one they stay in the journal.
+            while (sink.alive or not source.durable) and (chunk := source.next_chunk()) is not None:
                 self._consume(chunk)
                 if self.batch.full(self.limits):
                     self._flush()

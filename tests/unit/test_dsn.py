@@ -34,10 +34,16 @@ class TestRedactUri:
         assert parse_dsn(shown)["password"] == MASK
         assert parse_dsn(shown)["host"] == "ss@db"
 
-    @pytest.mark.parametrize("dsn", ["postgresql://app:one@db/logs?PASSWORD=two", "host=db password", "x=y z"])
+    @pytest.mark.parametrize("dsn", ["postgresql://app:one@db/logs?PASSWORD=two", "host=db password",
+                                     "postgresql://app:s3cret@db/logs?no_such_option=1", "PASSWORD=x y"])
     def test_unparsable_not_shown(self, dsn):
-        """A DSN libpq cannot parse (it could never connect) is not shown at all: its password cannot be found."""
+        """A DSN libpq cannot parse that could hold a password (a URI, the word password) is not shown at all."""
         assert redact(dsn) == UNPARSABLE
+
+    @pytest.mark.parametrize("text", ["/usr/bin/python3", "-m", "reference.collector", "--fifo", "x=y z"])
+    def test_other_text_unchanged(self, text):
+        """A text that is no DSN and cannot hold a password (a command line's other arguments) is shown as it is."""
+        assert redact(text) == text
 
     @pytest.mark.parametrize(
         "dsn",
