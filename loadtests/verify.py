@@ -34,12 +34,10 @@ SELECT src, count(*) FILTER (WHERE intact) AS rows, count(DISTINCT seq) FILTER (
        count(*) FILTER (WHERE NOT intact) AS corrupt
 FROM ordered GROUP BY src
 """.replace("{intact}", INTACT_SQL)
-# Rejected lines received since the run started; raw keeps only a line's first bytes, raw_length all of them
-# (NULL in rows written before the column existed). Bookkeeping sits at the end of a line, so a torn piece
-# need not carry the run id: the time window is what ties a rejection to a run (runs must not overlap).
-# {length}: the rejected line's full length. The reference collector keeps only the first --reject-keep-bytes of a
-# line in raw and its full length in raw_length; a table without that column (an older schema, another collector)
-# keeps whole lines in raw.
+# Rejected lines received since the run started. Bookkeeping sits at the end of a line, so a torn piece need not
+# carry the run id: the time window is what ties a rejection to a run (runs must not overlap). {length} is a line's
+# full length: the reference collector keeps only its first --reject-keep-bytes in raw and the length in raw_length
+# (NULL in rows written before the column existed); a table without the column (another collector) keeps whole lines.
 REJECTED_SQL = """
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE reason LIKE 'fragment%%' OR reason LIKE 'unfinished%%') AS no_newline,
