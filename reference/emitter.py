@@ -106,7 +106,8 @@ def _writer_process(config: EmitterConfig, results: multiprocessing.Queue) -> No
 
 def _collect(procs: list, queue) -> list[dict]:
     """Wait for every writer's summary; pass a stop request on, and fail clearly if a writer dies."""
-    results, forwarded = [], False
+    results: list[dict] = []
+    forwarded = False
     while len(results) < len(procs):
         try:
             results.append(queue.get(timeout=MAX_PACING_SLEEP_S))

@@ -85,7 +85,8 @@ def _traceback(fake: Faker) -> str:
 def _record(fake: Faker) -> dict:
     """One realistic event, without time, trace id and bookkeeping."""
     event = fake.random_element(tuple(EVENTS))
-    user = {"user": fake.name(), "age": fake.random_int(18, 90), "email": fake.email()}
+    user: dict[str, object] = {"user": fake.name(), "age": fake.random_int(18, 90), "email": fake.email()}
+    data: dict[str, object]
     if event == "access":
         data = {
             "method": fake.random_element(HTTP_METHODS),
@@ -158,7 +159,8 @@ def _padding(seed: int, length: int, variant: int = 0) -> bytes:
 def build_template(record: dict, size: int, run_id: str, source: str, seed: int, variant: int = 0) -> Template:
     """Encode record so that every line stamped from it is exactly size bytes long, newline included."""
     time_marker, trace_marker = "\x01TIME\x01", "\x01TRACE\x01"
-    for data in (record["data"], {}):
+    shapes: tuple[dict, dict] = (record["data"], {})  # the record's data, and an empty one when it cannot fit
+    for data in shapes:
         event = {"time": time_marker, **{k: record[k] for k in ("application_name", "environment_name",
                                                                    "log_event")}, "trace_id": trace_marker,
                  **{k: record[k] for k in ("file_path", "host_ip")},

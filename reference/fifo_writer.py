@@ -143,10 +143,13 @@ class FifoWriter:
 
     def _write_all(self, data: bytes) -> bool:
         """Write every byte of data; False only when a non-blocking writer found the pipe full before any byte."""
+        fd = self.fd
+        if fd is None:
+            return False  # closed by a stop request: nothing of this write is sent
         view = memoryview(data)
         while view:
             try:
-                n = os.write(self.fd, view)
+                n = os.write(fd, view)
             except BlockingIOError:
                 self.stats.eagain += 1
                 if self.nonblocking and len(view) == len(data):
@@ -161,6 +164,8 @@ class FifoWriter:
 
     def _wait_writable(self) -> bool:
         """Sleep in poll() until the pipe has room (True) or a stop is requested (False), counting the time."""
+        if self.fd is None:
+            return False
         started = time.monotonic()
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)

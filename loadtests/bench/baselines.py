@@ -25,7 +25,7 @@ NAIVE_INSERT_SQL = f"INSERT INTO logs ({', '.join(COLUMNS)}) VALUES ({', '.join(
 def measure_copy(bench: Bench) -> None:
     """The same rows, pre-formatted, in one COPY into a fresh logs table."""
     payload = b"".join(bench.rows)
-    with bench.server.fresh_database() as dsn, contextlib.closing(psycopg2.connect(dsn)) as conn:
+    with bench.database().fresh_database() as dsn, contextlib.closing(psycopg2.connect(dsn)) as conn:
         with conn.cursor() as cur:
             started = time.perf_counter()
             cur.copy_expert(COPY_SQL, io.BytesIO(payload), size=COPY_READ_BYTES)
@@ -69,7 +69,7 @@ def measure_naive(bench: Bench) -> None:
     lines = bench.data[: bench.naive_lines]
     fifo = bench.fifo("naive")
     os.mkfifo(fifo, 0o600)
-    with bench.server.fresh_database() as dsn:
+    with bench.database().fresh_database() as dsn:
         proc = multiprocessing.get_context("fork").Process(target=_naive_process, args=(str(fifo), dsn),
                                                            daemon=True)
         proc.start()

@@ -51,7 +51,7 @@ def run_collector(bench: Bench, name: str, launcher: list[str] | None = None) ->
     log_path = bench.workdir / f"{name}.log"
     if bench.server is None:
         raise BenchError("the benchmark's database server is not started")
-    with bench.server.fresh_database(schema=False) as dsn:
+    with bench.database().fresh_database(schema=False) as dsn:
         collector = BenchCollector(fifo, dsn, log_path, launcher, bench.collector_args).start()
         try:
             writer = Writer(fifo, pack_writes(bench.data))

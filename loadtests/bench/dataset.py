@@ -53,6 +53,12 @@ class Bench:
     details: dict[str, dict] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
+    def database(self) -> Server:
+        """The benchmark's PostgreSQL server; BenchError when this run was started without one."""
+        if self.server is None:
+            raise BenchError("this measurement needs the database, which the skipped parts did not start")
+        return self.server
+
     def fifo(self, name: str) -> Path:
         """A FIFO path in the work folder (not created)."""
         return self.workdir / f"{name}.fifo"
@@ -71,8 +77,8 @@ def measure_factory(bench: Bench) -> None:
 
 def measure_parse(bench: Bench) -> None:
     """Turn the data set into COPY rows with parse_line; time it alone (the collector's hot path) on a sample."""
-    rows = [parse_line(line[:-1])[0] for line in bench.data]
-    if any(row is None for row in rows):
+    rows = [row for line in bench.data if (row := parse_line(line[:-1])[0]) is not None]
+    if len(rows) != len(bench.data):
         raise BenchError("the seeded data set has lines parse_line rejects")
     bench.rows = rows
     sample = [line[:-1] for line in bench.data[:PARSE_SAMPLE_LINES]]

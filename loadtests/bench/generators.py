@@ -46,7 +46,7 @@ def measure_emitter(bench: Bench) -> None:
 def measure_locust(bench: Bench) -> None:
     """Locust's rate: the harness's own users writing into `cat`; its verdict fails (nothing lands), by design."""
     report_dir = bench.workdir / "locust"
-    with bench.server.fresh_database() as dsn:
+    with bench.database().fresh_database() as dsn:
         done = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "fifo.py"), "--headless",
              "--processes", str(LOCUST_PROCESSES), "-u", str(LOCUST_USERS), "-r", str(LOCUST_USERS),

@@ -8,6 +8,7 @@ import math
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from loadtests.bench.baselines import measure_copy
 from loadtests.bench.collector import run_collector
@@ -64,7 +65,7 @@ def independent_lines(count: int, seed: int = 0) -> list[bytes]:
     for _ in range(count):
         when += timedelta(microseconds=rng.randrange(1, 1000))
         event = rng.choice(_EVENTS)
-        record = {
+        record: dict[str, Any] = {
             "time": when.isoformat().replace("+00:00", "Z"),
             "application_name": rng.choice(_SERVICES),
             "environment_name": rng.choice(_ENVIRONMENTS),
@@ -102,8 +103,8 @@ def independent_lines(count: int, seed: int = 0) -> list[bytes]:
 def measure_independent(bench: Bench) -> None:
     """COPY limit, reference collector and parse_line on the independent data set (as many lines as the main one)."""
     data = independent_lines(bench.lines, bench.seed)
-    rows = [parse_line(line[:-1])[0] for line in data]
-    if any(row is None for row in rows):
+    rows = [row for line in data if (row := parse_line(line[:-1])[0]) is not None]
+    if len(rows) != len(data):
         raise BenchError("the independent data set has lines parse_line rejects")
     other = dataclasses.replace(bench, data=data, rows=rows, metrics={}, details={}, errors={})
     sample = [line[:-1] for line in data[:PARSE_SAMPLE_LINES]]

@@ -54,7 +54,7 @@ def measure_latency(bench: Bench) -> None:
                 polls.append((now, cur.fetchone()[0]))
                 time.sleep(max(0.0, now + LATENCY_POLL_S - time.monotonic()))
 
-    with bench.server.fresh_database() as dsn:
+    with bench.database().fresh_database() as dsn:
         with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
             cur.execute(SEQ_INDEX_SQL)
         collector = BenchCollector(fifo, dsn, log_path, extra=bench.collector_args).start()

@@ -44,10 +44,12 @@ raise SystemExit(code)
 
 def top_entries(stats: pstats.Stats, count: int) -> list[dict]:
     """The count functions with the most own time, as plain data."""
-    total = stats.total_tt or 1e-9
+    # total_tt and stats are documented pstats attributes that typeshed does not declare.
+    total = getattr(stats, "total_tt", 0) or 1e-9
+    table = getattr(stats, "stats", {})
     entries = []
-    for func in sorted(stats.stats, key=lambda f: stats.stats[f][2], reverse=True)[:count]:
-        _cc, calls, own, cumulative, _callers = stats.stats[func]
+    for func in sorted(table, key=lambda f: table[f][2], reverse=True)[:count]:
+        _cc, calls, own, cumulative, _callers = table[func]
         filename, line, name = func
         where = f"{'/'.join(Path(filename).parts[-2:])}:{line}({name})" if filename != "~" else name
         entries.append({"function": where, "calls": calls, "own_s": round(own, 3),

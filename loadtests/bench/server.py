@@ -43,7 +43,8 @@ class Server:
         self.database.start()
         with contextlib.closing(psycopg2.connect(self.database.dsn)) as conn, conn.cursor() as cur:
             cur.execute("SHOW server_version")
-            return cur.fetchone()[0]
+            (version,) = cur.fetchone() or ("unknown",)
+            return str(version)
 
     def _admin(self, statement: sql.Composable) -> None:
         with contextlib.closing(psycopg2.connect(self.database.dsn)) as conn:
