@@ -34,6 +34,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def master_port_args() -> list[str]:
+    """A free master port for --processes runs: Locust's default 5557 is shared by every Locust on the machine,
+    and workers of one run would join another run's master."""
+    port = str(free_port())
+    return ["--master-bind-port", port, "--master-port", port]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on right now."""
     with socket.socket() as s:
