@@ -11,8 +11,9 @@ EXIT_CANNOT_START = 2
 EXIT_INTERRUPTED = 3
 EXIT_STATUSES = (f"exit status: {EXIT_PASS} every expectation holds; {EXIT_FAIL} an expectation failed; "
                  f"{EXIT_CANNOT_START} the run could not start; {EXIT_INTERRUPTED} interrupted (verdict written)")
-# The web UI binds here unless Locust's --web-host says otherwise: its form starts runs, so it must not face the
-# network by default (expose it with --web-login or behind an authenticating reverse proxy, see docs/security.md).
+# The web UI (and a --processes master) binds here unless Locust's --web-host (--master-bind-host) says otherwise:
+# the form starts runs and the master port takes workers' counters, so neither faces the network by default
+# (expose the UI with --web-login or behind an authenticating reverse proxy, see docs/security.md).
 DEFAULT_WEB_HOST = "127.0.0.1"
 # Rows of this many most recent runs stay in the database; older runs' rows are deleted after each verdict.
 # 10 quick-start runs hold about 3 GB: enough history to compare, bounded disk.
@@ -39,9 +40,15 @@ LOCUST_FORM_FIELDS = frozenset({"user_count", "spawn_rate", "host", "run_time", 
                                 "profile"})
 
 
+def refused_fields(form_keys: set[str]) -> list[str]:
+    """The fields of a POST /swarm that the web UI may not set (every option outside WEB_EDITABLE)."""
+    return sorted(form_keys - LOCUST_FORM_FIELDS - WEB_EDITABLE)
+
+
 def add_options(parser) -> None:
     """Register every namedpiper option on Locust's parser (called from init_command_line_parser)."""
-    parser.set_defaults(web_host=DEFAULT_WEB_HOST)
+    # Locust binds its web UI and, with --processes, its master port (5557) on every interface by default.
+    parser.set_defaults(web_host=DEFAULT_WEB_HOST, master_bind_host=DEFAULT_WEB_HOST)
     group = parser.add_argument_group("namedpiper", f"namedpiper harness options; {EXIT_STATUSES}")
 
     # Locust binds its web UI to every interface by default; the harness answers on this machine only

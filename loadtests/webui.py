@@ -9,7 +9,7 @@ from collections.abc import Callable
 from flask import Response, jsonify, request
 from locust.runners import STATE_RUNNING, STATE_STOPPED
 
-from loadtests.options import LOCUST_FORM_FIELDS, WEB_EDITABLE
+from loadtests.options import refused_fields
 
 log = logging.getLogger("namedpiper")
 
@@ -18,11 +18,6 @@ TAB_KEY = "namedpiper"
 TAB_COLUMNS = [("item", "item"), ("threshold", "expected"), ("observed", "observed"), ("result", "result")]
 # Locust's POST /user sets attributes of the user class: nothing a browser needs for this harness.
 REFUSED_POSTS = ("/user",)
-
-
-def refused_fields(form_keys: set[str]) -> list[str]:
-    """The fields of a POST /swarm that the web UI may not set (every option outside WEB_EDITABLE)."""
-    return sorted(form_keys - LOCUST_FORM_FIELDS - WEB_EDITABLE)
 
 
 def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict], finishing: Callable[[], bool]

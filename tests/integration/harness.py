@@ -34,17 +34,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def master_port_args() -> list[str]:
+    """A free master port for --processes runs: Locust's default 5557 is shared by every Locust on the machine,
+    and workers of one run would join another run's master."""
+    port = str(free_port())
+    return ["--master-bind-port", port, "--master-port", port]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def master_ports() -> list[str]:
-    """Locust options that put a distributed run's master on a free port: runs of parallel test sessions never meet."""
-    port = str(free_port())
-    return ["--master-bind-port", port, "--master-port", port]
 
 
 class Harness:
@@ -54,7 +55,7 @@ class Harness:
         self.log_path = log_path
         self._out = log_path.open("w")
         # Its own session: the test signals it by pid, never pytest's process group.
-        self.proc = subprocess.Popen([locust_path(), *master_ports(), *args], cwd=ROOT, stdout=self._out,
+        self.proc = subprocess.Popen([locust_path(), *args], cwd=ROOT, stdout=self._out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or clean_env(),
                                      start_new_session=True)
         self.pid = self.proc.pid

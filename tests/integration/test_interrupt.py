@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Harness, clean_env, latest_verdict
+from harness import Harness, clean_env, latest_verdict, master_port_args
 
 from loadtests.options import EXIT_INTERRUPTED
 
@@ -23,7 +23,7 @@ RUN_TIME = "30s"
 def start(dsn: str, report_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> Harness:
     """The steady scenario, headless, against dsn (an own embedded database when dsn is empty)."""
     args = ["--config", "scenarios/steady.conf", "--run-time", RUN_TIME, "--users", "8", "--spawn-rate", "8",
-            "--report-dir", str(report_dir), "--drain-timeout", "20", *extra]
+            "--report-dir", str(report_dir), "--drain-timeout", "20", *master_port_args(), *extra]
     if dsn:
         args += ["--dsn", dsn]
     return Harness(args, log_path, env)

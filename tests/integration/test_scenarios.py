@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import master_ports
+from harness import master_port_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # A shortened scenario still needs time for Locust to start its workers and for the drain after the stop.
@@ -21,8 +21,8 @@ SHORT_RUN = "6s"
 def run_scenario(name: str, dsn: str, report_dir: Path, *overrides: str) -> tuple[int, str, dict]:
     """Run `locust --config scenarios/NAME.conf` headless against dsn; return (exit code, output, verdict)."""
     locust = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust"
-    cmd = [locust, *master_ports(), "--config", f"scenarios/{name}.conf", "--run-time", SHORT_RUN, "--dsn", dsn,
-           "--report-dir", str(report_dir), "--drain-timeout", "20", *overrides]
+    cmd = [locust, "--config", f"scenarios/{name}.conf", "--run-time", SHORT_RUN, "--dsn", dsn,
+           "--report-dir", str(report_dir), "--drain-timeout", "20", *master_port_args(), *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NAMEDPIPER_")}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LOCUST_TIMEOUT_S, env=env)
     output = proc.stdout + proc.stderr
