@@ -10,6 +10,8 @@ import psycopg2
 
 # Lines of the collector's log printed under a failed verdict (the whole log stays in the run's folder).
 FAIL_LOG_LINES = 20
+# Each quoted log line is cut to this many characters (syslog-ng quotes whole SQL statements in its errors).
+FAIL_LOG_LINE_CHARS = 240
 # Per source: the highest seq that landed and how many distinct seqs did; a seq below the highest that is missing
 # was lost while the run went on, one above it was never stored before the stop.
 SEQ_SQL = """
@@ -122,5 +124,10 @@ def render_lines(report: dict | None, failed: bool) -> list[str]:
                      f"lost at stop {e['lost_at_stop']} (after the last stored line)")
     if failed and report.get("log_path"):
         lines.append(f"collector log {report['log_path']}, last lines:")
-        lines.extend(f"  | {line}" for line in report.get("log_tail") or ["(no output)"])
+        lines.extend(f"  | {_cut(line)}" for line in report.get("log_tail") or ["(no output)"])
     return lines
+
+
+def _cut(line: str) -> str:
+    """line, shortened to FAIL_LOG_LINE_CHARS with an ellipsis (the whole log stays in its file)."""
+    return line if len(line) <= FAIL_LOG_LINE_CHARS else line[:FAIL_LOG_LINE_CHARS - 1] + "…"

@@ -142,9 +142,10 @@ class SyslogNg(Adapter):
         fd = os.open(p["config"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(render_config(ctx.fifo, ctx.dsn))
-        # No shell in between: signals and memory readings reach syslog-ng itself. --no-caps: as root, syslog-ng
-        # would otherwise try to drop capabilities it needs no more than a harness run does.
-        argv = [daemon, "-F", "-f", str(p["config"]), "-R", str(p["persist"]), "-p", str(p["pid"]),
+        # No shell in between: signals and memory readings reach syslog-ng itself. -F: foreground, -e: its own
+        # messages (SQL errors, drops) on stderr, into the run's collector.log. --no-caps: as root, syslog-ng would
+        # otherwise try to drop capabilities it needs no more than a harness run does.
+        argv = [daemon, "-F", "-e", "-f", str(p["config"]), "-R", str(p["persist"]), "-p", str(p["pid"]),
                 "-c", str(p["control"])]
         if os.geteuid() == 0:
             argv.insert(2, "--no-caps")
