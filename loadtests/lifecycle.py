@@ -150,8 +150,9 @@ class SystemUnderTest:
         if self.collector is None:
             self._external(f"collector stopped; no reader for {gap} s", "stop", gap, "start")
             return
-        status = self.collector.stop()
-        self._note(f"collector stopped (SIGTERM, exit {status}); no reader for {gap} s")
+        status, queued = self.watch.stop_for_fault() if self.watch is not None else (self.collector.stop(), None)
+        cost = f", {queued} lines still queued in it" if queued else ""
+        self._note(f"collector stopped (SIGTERM, exit {status}{cost}); no reader for {gap} s")
         gevent.sleep(gap)
         self.collector.restarts += 1
         self.collector.start()

@@ -60,6 +60,8 @@ class CollectorReport:
     at_stop: dict | None = None
     queued_at_stop: int | None = None
     waited_for_queue_s: float = 0.0
+    # Stops by a restart fault: the exit and the lines still queued at the signal, each.
+    fault_stops: list[dict] = field(default_factory=list)
     keeps_rejected: bool = True
     explanation: LossExplanation | None = None
 

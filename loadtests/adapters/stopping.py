@@ -58,6 +58,28 @@ class CollectorWatch:
             if counters is not None:
                 self.report.samples.append((round(time.monotonic() - self._started, 1), counters))
 
+    def _quiesce(self) -> tuple[dict | None, float]:
+        """The counters once the collector's queue emptied or the policy's wait ran out, and the seconds waited.
+
+        A collector that drops what it queues at the signal gets its queue emptied first, so the stop's cost is
+        what it could not write in that time, not the harness's impatience.
+        """
+        counters = self._counters()
+        started = time.monotonic()
+        wait = self.collector.adapter.stop_policy.wait_queue_empty_s
+        while counters and counters.get("queued", 0) > 0 and time.monotonic() - started < wait:
+            gevent.sleep(QUEUE_POLL_S)
+            counters = self._counters() or counters
+        return counters, round(time.monotonic() - started, 2)
+
+    def stop_for_fault(self) -> tuple[int | None, int | None]:
+        """A restart fault's stop, by the same policy: (exit status, lines still queued at the signal)."""
+        counters, _waited = self._quiesce()
+        status = self.collector.stop(self.collector.adapter.stop_policy.timeout_s)
+        queued = counters.get("queued") if counters else None
+        self.report.fault_stops.append({"exit": exit_text(status), "queued": queued})
+        return status, queued
+
     def stop(self, timeout: float | None = None) -> int | None:
         """Stop by the adapter's policy (timeout given: hurried, no wait for the queue); the exit status."""
         if self._sampler is not None:
@@ -67,15 +89,10 @@ class CollectorWatch:
         if self._stopped:
             return self.collector.stop(timeout if timeout is not None else policy.timeout_s)
         self._stopped = True
-        counters = self._counters()
-        started = time.monotonic()
-        if timeout is None and policy.wait_queue_empty_s > 0:
-            # The collector drops what it queues at the signal: let the queue empty first, so the stop's cost is
-            # what the collector could not write in that time, not the harness's impatience.
-            while counters and counters.get("queued", 0) > 0 and time.monotonic() - started < policy.wait_queue_empty_s:
-                gevent.sleep(QUEUE_POLL_S)
-                counters = self._counters() or counters
-        self.report.waited_for_queue_s = round(time.monotonic() - started, 2)
+        if timeout is None:
+            counters, self.report.waited_for_queue_s = self._quiesce()
+        else:
+            counters = self._counters()
         self.report.at_stop = counters
         self.report.queued_at_stop = counters.get("queued") if counters else None
         status = self.collector.stop(timeout if timeout is not None else policy.timeout_s)
