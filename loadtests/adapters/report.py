@@ -99,7 +99,8 @@ def count_unmarked(dsn: str) -> int:
     try:
         with conn.cursor() as cur:
             cur.execute(UNMARKED_SQL)
-            return int(cur.fetchone()[0])
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
     except psycopg2.Error:
         return 0
     finally:
