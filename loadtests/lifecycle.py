@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -193,6 +194,9 @@ class SystemUnderTest:
             status = self.watch.stop(COLLECTOR_HURRY_TIMEOUT_S if hurry else None)
         if self._tmp is not None:
             try:
+                # The reference collector's lock file lies beside the FIFO (reference/collector/reader.py).
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.fifo + ".lock")
                 os.unlink(self.fifo)
                 os.rmdir(self._tmp)
             except OSError as exc:

@@ -20,7 +20,7 @@ from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S
 from loadtests.database import Database, DatabaseUnavailableError
 from loadtests.fifo_client import SourceCounts
 from loadtests.lifecycle import CollectorError, SystemUnderTest
-from loadtests.options import EXIT_CANNOT_START, EXIT_FAIL, HARNESS_OPTIONS, WEB_EDITABLE
+from loadtests.options import EXIT_CANNOT_START, EXIT_FAIL, EXIT_INTERRUPTED, HARNESS_OPTIONS, WEB_EDITABLE
 from loadtests.progress import DrainProgress, locust_tables_muted
 from loadtests.provenance import recorded_options, utc_now, versions
 from loadtests.retention import record_and_prune
@@ -60,18 +60,35 @@ class Run:
         self.progress: DrainProgress | None = None
         self.phase = "no run yet"
         self.drain_skipped = False
+        self.preparing = False  # inside prepare(): a signal is handled there
+        self.prepared = False  # a headless run set up at init, waiting for its test start
         self._closing = False
         self._closed = gevent.event.Event()
 
     # -- start ----------------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """At Locust's init: start the database now, before --run-time starts counting (initdb takes seconds)."""
+        """At Locust's init, before --run-time starts counting: the database, and for a headless run the whole
+        set-up (initdb and a collector's start take seconds on a busy machine, which the load must not lose)."""
+        self.preparing = True
         try:
             self._database()
+            if getattr(self.options, "headless", False):
+                self.starter = gevent.spawn(self._start_or_explain, quit_on_error=False)
+                self.starter.join()
+                if not self.starter.value:
+                    raise SystemExit(EXIT_CANNOT_START)
+                self.prepared = True
         except (DatabaseUnavailableError, psycopg2.Error) as exc:
             log.error("cannot start the run: %s", exc)
             self.environment.process_exit_code = EXIT_CANNOT_START
             raise SystemExit(EXIT_CANNOT_START) from None
+        finally:
+            self.preparing = False
+        if self.interrupt.signal_name is not None:
+            # Interrupted while setting up: the verdict of a run that sent nothing, then the same clean-up.
+            self.finish()
+            self.close()
+            raise SystemExit(self.verdict.exit_code if self.verdict is not None else EXIT_INTERRUPTED)
 
     def _database(self) -> None:
         if not self.database_started:
@@ -80,17 +97,30 @@ class Run:
 
     def start(self) -> None:
         """Test start: set up in a greenlet of its own, so a signal during ramp-up cannot cut the set-up in half."""
+        if self.prepared:
+            self.prepared = False  # set up at init (headless): the load starts now
+            self._begin()
+            return
         if self.finisher is not None:
             self.finisher.join()  # the previous run's verdict first (web UI: a start right after a stop)
         self.environment.parsed_options.np_run_id = ""  # users that see no run id stop at once
         self.finisher = None
         self.drain_skipped = False
+        self.start_failed = False
         self.starter = gevent.spawn(self._start_or_explain)
         self.starter.join()
         if not self.starter.value:
             raise gevent.GreenletExit  # ends Locust's ramp-up quietly: nothing of it is printed after the error
+        self._begin()
 
-    def _start_or_explain(self) -> bool:
+    def _begin(self) -> None:
+        """The load starts: the clock of the run and of its faults."""
+        self.started = time.monotonic()
+        if self.sut is not None:
+            self.sut.schedule_faults(self.started)
+        self.phase = f"run {self.run_id}: load"
+
+    def _start_or_explain(self, quit_on_error: bool = True) -> bool:
         """Set up; a run that cannot start says why in one line and (headless) ends with exit status 2."""
         try:
             self._start()
@@ -102,7 +132,7 @@ class Run:
                 self.sut = None
             self.start_failed = True
             self.environment.process_exit_code = EXIT_CANNOT_START
-            if getattr(self.options, "headless", False):
+            if quit_on_error and getattr(self.options, "headless", False):
                 gevent.spawn(self.environment.runner.quit)
             return False
         return True
@@ -134,9 +164,7 @@ class Run:
         self.sut.start()
         live.np_run_id = self.run_id
         live.np_fifo = self.sut.fifo
-        self.started = time.monotonic()
-        self.sut.schedule_faults(self.started)
-        self.phase = f"run {self.run_id}: load"
+        self.started = time.monotonic()  # again at _begin(), when the users start
         log.info("run %s: writing %s; reports in %s", self.run_id, self.sut.fifo, self.run_dir)
 
     # -- counters ---------------------------------------------------------------------------------------------

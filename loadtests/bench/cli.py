@@ -23,6 +23,7 @@ from loadtests.bench.baselines import measure_copy, measure_naive
 from loadtests.bench.collector import measure_collector
 from loadtests.bench.dataset import Bench, BenchError, measure_factory, measure_parse
 from loadtests.bench.generators import measure_emitter, measure_locust
+from loadtests.bench.independent import LINE_HIGH, LINE_LOW, measure_independent
 from loadtests.bench.latency import measure_latency
 from loadtests.bench.pipes import measure_fifo
 from loadtests.bench.profile import PROFILE_CODE, profile_collector
@@ -36,11 +37,12 @@ from reference.sizes import SIZE_CLASSES
 log = logging.getLogger("namedpiper.bench")
 
 SIZES = ("small", "medium", "pipe_buf")
-PARTS = ("factory", "copy", "collector", "naive", "latency", "fifo", "emitter", "locust")
+PARTS = ("factory", "copy", "collector", "independent", "naive", "latency", "fifo", "emitter", "locust")
 # What each part after the data set runs, in the order of PARTS; factory (and parse) run even if skipped: every
 # other part needs the data set.
 MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
-    "copy": measure_copy, "collector": measure_collector, "naive": measure_naive, "latency": measure_latency,
+    "copy": measure_copy, "collector": measure_collector, "independent": measure_independent,
+    "naive": measure_naive, "latency": measure_latency,
     "fifo": measure_fifo, "emitter": measure_emitter, "locust": measure_locust,
 }
 # 200,000 small lines are ~85 MB and a few seconds of collector time: long enough that start-up and the last
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                   tuple(args.collector_arg))
     load_before = os.getloadavg()
     started = time.monotonic()
-    needs_db = bool({"copy", "collector", "naive", "latency", "locust"} - skip) or args.profile
+    needs_db = bool({"copy", "collector", "independent", "naive", "latency", "locust"} - skip) or args.profile
     server = Server(args.dsn) if needs_db else None
     version = None
     profile = None
@@ -170,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = derive(bench.metrics)
     checks = check_targets(metrics, args.size, args.latency_rate)
     size = SIZE_CLASSES[args.size]
-    title = (f"namedpiper benchmark: {args.lines:,} {args.size} lines ({size.low}-{size.high} B), seed {args.seed}, "
-             f"PostgreSQL {version or '-'}, {os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s")
+    title = (f"namedpiper benchmark: {args.lines:,} {args.size} lines ({size.low}-{size.high} B) and {args.lines:,} "
+             f"independent ones ({LINE_LOW}-{LINE_HIGH} B), seed {args.seed}, PostgreSQL {version or '-'}, "
+             f"{os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s")
     _say(render_table(metrics, checks, title=title, latency_rate=args.latency_rate))
     for name, error in bench.errors.items():
         _say(f"ERROR {name}: {error}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reference.collector.validate import glued_event
+
 # A rejected over-long line keeps this many of its first bytes in logs_rejected: enough to identify the
 # writer and the event, while one hostile line without a newline cannot fill the database or the memory.
 REJECTED_PREFIX_BYTES = 64 * 1024
@@ -18,6 +20,17 @@ class Oversized:
     complete: bool = False
 
 
+def _glued_tail(line: bytes | bytearray, limit: int) -> bytes:
+    """The valid event that ends an over-long line (within its last `limit` bytes), or b"".
+
+    A writer that died mid-line leaves its fragment glued before the next writer's line; when the fragment is
+    over the limit, the line behind it is still whole within the last `limit` bytes, and goes on as a line.
+    """
+    window = line[-limit:]
+    glued = glued_event(window)
+    return b"" if glued is None else bytes(window[glued[0]:])
+
+
 @dataclass
 class LineSplitter:
     """Feed chunks in, get complete lines out; a line above max_line_bytes comes out as Oversized."""
@@ -25,10 +38,27 @@ class LineSplitter:
     max_line_bytes: int
     _tail: bytearray = field(default_factory=bytearray)
     _oversized: Oversized | None = None
+    # The last max_line_bytes bytes of the over-long line being skipped: where a glued good line would be.
+    _window: bytearray = field(default_factory=bytearray)
+
+    def _finish(self, too_long: Oversized, line: bytes | bytearray, lines: list[bytes]) -> Oversized:
+        """Complete an over-long line whose last bytes are line; a line glued at its end goes to lines."""
+        too_long.complete = True
+        glued = _glued_tail(line, self.max_line_bytes)
+        if glued:
+            lines.append(glued)
+            # The prefix stops where the glued part starts: no byte is rejected twice.
+            too_long.prefix = too_long.prefix[:too_long.length - len(glued)]
+        return too_long
 
     def feed(self, chunk: bytes) -> tuple[list[bytes], list[Oversized]]:
-        """Return the complete lines (without newline) the chunk finishes, and any over-long ones."""
+        """Return the complete lines (without newline) the chunk finishes, and any over-long ones.
+
+        A line glued at the end of an over-long one (its last max_line_bytes bytes, from an object start on)
+        comes out as a line of its own.
+        """
         oversized: list[Oversized] = []
+        lines: list[bytes] = []
         if self._oversized is not None:
             end = chunk.find(b"\n")
             piece = chunk if end < 0 else chunk[:end]
@@ -36,11 +66,13 @@ class LineSplitter:
             room = REJECTED_PREFIX_BYTES - len(self._oversized.prefix)
             if room > 0:  # keep the first bytes whatever the read boundaries were
                 self._oversized.prefix += piece[:room]
+            self._window += piece
+            del self._window[:-self.max_line_bytes]
             if end < 0:
-                return [], oversized
-            self._oversized.complete = True
-            oversized.append(self._oversized)
+                return lines, oversized
+            oversized.append(self._finish(self._oversized, self._window, lines))
             self._oversized = None
+            self._window.clear()
             chunk = chunk[end + 1:]
         parts = chunk.split(b"\n")
         if self._tail:
@@ -48,15 +80,16 @@ class LineSplitter:
             parts[0] = bytes(self._tail)
             self._tail.clear()
         tail = parts.pop()
-        lines = []
         for line in parts:
             if len(line) > self.max_line_bytes:
-                oversized.append(Oversized(len(line), line[:REJECTED_PREFIX_BYTES], complete=True))
+                oversized.append(self._finish(Oversized(len(line), line[:REJECTED_PREFIX_BYTES]), line, lines))
             else:
                 lines.append(line)
         if len(tail) > self.max_line_bytes:
-            # Keep only the prefix and skip to the next newline: memory stays bounded whatever arrives.
+            # Keep only the prefix and the last max_line_bytes bytes, and skip to the next newline: memory stays
+            # bounded whatever arrives.
             self._oversized = Oversized(len(tail), tail[:REJECTED_PREFIX_BYTES])
+            self._window += tail[-self.max_line_bytes:]
         else:
             self._tail += tail
         return lines, oversized
@@ -72,6 +105,7 @@ class LineSplitter:
         """At shutdown: hand over the unfinished line, if any, so it is rejected rather than lost."""
         if self._oversized is not None:
             partial, self._oversized = self._oversized, None
+            self._window.clear()
             return partial
         if self._tail:
             partial = bytes(self._tail)

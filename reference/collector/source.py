@@ -170,6 +170,7 @@ class JournaledSource:
         if not self._open:
             return
         if self.journal.room() == 0:  # disk full or at --journal-max-bytes: writers wait until loading frees room
+            self.reader.check_path()  # a removed FIFO is noticed while the journal is full too
             time.sleep(min(timeout, JOURNAL_FULL_WAKE_S))
         elif self.reader.wait(timeout):
             self.taken += self.journal.splice_from(self.reader.fd, READ_CHUNK_BYTES)

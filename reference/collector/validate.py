@@ -1,47 +1,47 @@
-"""Parse one line against the event contract and turn it into a COPY row, or say exactly why not."""
+"""Judge one line against the event contract: its COPY row, or exactly why not; no input raises out of here."""
 
 from __future__ import annotations
 
-import json
-import operator
+import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
 
-import orjson
+import msgspec
 
-# Column order of the logs table; COPY rows are built in this order.
-COLUMNS = ("time", "application_name", "environment_name", "log_event", "trace_id", "file_path", "host_ip",
-           "data")
-TEXT_FIELDS = COLUMNS[1:7]
-KNOWN_FIELDS = frozenset(COLUMNS)
-# RFC 3339: date, "T" (or space), time, optional fraction, and a mandatory offset.
-RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
-# \u0000 in encoded JSON is a NUL only when its backslash is not itself escaped ("\\u0000" is text).
-_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+from reference.contract import (
+    COLUMNS,
+    DECODER,
+    MAX_NESTING,
+    TEXT_FIELDS,
+    Invalid,
+    check_data,
+    check_nesting,
+    check_time,
+    members,
+    nesting,
+    nesting_reason,
+    repeated_key_reason,
+    schema_reason,
+)
+
+__all__ = ["COLUMNS", "TEXT_FIELDS", "Invalid", "Rejection", "internal_errors", "parse_event", "parse_line"]
+
+log = logging.getLogger(__name__)
+
 UTF8_BOM = b"\xef\xbb\xbf"
-# Where a glued line may restart: the opening of a JSON object.
-OBJECT_START = b'{"'
-# The time stamp and the six text fields, in table order, in one call.
-_ROW_TEXTS = operator.itemgetter(*COLUMNS[:7])
-# Bytes of a compact event that do not depend on its values: braces, 7 commas, and '"key":' for each column.
-_EVENT_FRAME_BYTES = 2 + (len(COLUMNS) - 1) + sum(len(c) + 3 for c in COLUMNS)
-# orjson.dumps of the seven row texts adds 2 brackets and 6 commas, and 2 quotes per text when none needs escaping;
-# "\t".join adds 6 tabs: the two lengths differ by exactly this when no text needs a JSON (so a COPY) escape.
-_PLAIN_TEXTS_EXTRA = 2 + 6 + 2 * 7 - 6
-# Time stamps of the common shape (2026-11-28T05:30:00.123456+00:00) already checked in full, without their six
-# fraction digits: neither the pattern nor fromisoformat (it truncates) judges those digits' values, so a stamp
-# with a known key passes the full check too. One key per second and offset: 4096 hold over an hour of one
-# writer's stamps; the set is cleared when full.
-_GOOD_TIMES: set[str] = set()
-MAX_GOOD_TIMES = 4096
-_COMMON_TIME_LENGTH = len("2026-11-28T05:30:00.123456+00:00")
-
-
-class Invalid(ValueError):
-    """A line that breaks the contract; the message names the rule and the place."""
+ENCODE = msgspec.json.Encoder().encode
+# Well-formed data nested past MAX_NESTING holds at least this many bytes: shorter data needs no nesting check.
+NESTING_CHECK_LENGTH = 2 * (MAX_NESTING - 1)
+# Where a glued line may restart: an object opening with one of the contract's keys. Events start so; the
+# objects inside data rarely do, so a long line costs few attempts.
+EVENT_START = re.compile(rb'\{[ \t\r\n]*"(?:' + b"|".join(c.encode() for c in COLUMNS) + rb')"')
+# At most this many restarts per line, tried from the end: each re-decodes the rest of the line, so a hostile
+# line full of event openings costs at most this many decodes (a real glued line needs one, plus one for each
+# object opening with a contract key inside its own data).
+MAX_RESTARTS = 32
+# Unexpected exceptions met while judging a line, by kind (exception type): each became that line's rejection.
+_INTERNAL_ERRORS: Counter[str] = Counter()
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class Rejection:
     raw: bytes
 
 
-def _type_name(value: object) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+def internal_errors() -> dict[str, int]:
+    """How many lines an unexpected exception rejected so far, by exception type."""
+    return dict(_INTERNAL_ERRORS)
 
 
-def _decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+def _decode_reason(raw: bytes, exc: msgspec.DecodeError) -> str:
     if raw.startswith(UTF8_BOM):
         return "line starts with a UTF-8 byte order mark; write JSON without a BOM"
     nul = raw.find(b"\x00")
@@ -69,145 +69,103 @@ def _decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
         return f"invalid UTF-8 at byte {err.start}: {err.reason}"
     if not raw.strip():
         return "blank line"
-    return f"invalid JSON: {exc}"
+    message = str(exc).removeprefix("JSON is malformed: ")
+    if message == "Input data was truncated":
+        message = "the line ends inside a JSON value (truncated)"
+    return f"invalid JSON: {message}"
 
 
-class _Repeated(Exception):
-    pass
-
-
-def _refuse_repeats(pairs: list[tuple[str, object]]) -> dict:
-    seen = set()
-    for key, _value in pairs:
-        if key in seen:
-            raise _Repeated(key)
-        seen.add(key)
-    return dict(pairs)
-
-
-def _repeated_key(raw: bytes) -> str | None:
-    """The first key repeated inside one JSON object of raw, or None (the slow, exact check)."""
-    try:
-        json.loads(raw, object_pairs_hook=_refuse_repeats)
-    except _Repeated as exc:
-        return str(exc.args[0])
-    except ValueError:
-        return None  # orjson accepted it; the standard library's stricter limits are not ours to enforce
-    return None
-
-
-def _copy_text(value: str) -> str:
-    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
-
-
-def _check_time(when: object) -> None:
-    """The full check of the time field: RFC 3339 with an offset, and a real date and time."""
-    if not isinstance(when, str) or not RFC3339.fullmatch(when):
-        shown = when if isinstance(when, str) else _type_name(when)
-        raise Invalid(f"field 'time' must be an RFC 3339 timestamp with an offset, got {str(shown)[:64]!r}")
-    try:
-        datetime.fromisoformat(when)
-    except ValueError as exc:
-        raise Invalid(f"field 'time' {when!r} is not a real date and time: {exc}") from None
-
-
-def _checked_texts(texts: tuple) -> bytes:
-    """The time and text fields as COPY text, tab separated; raises Invalid naming the first bad field."""
-    for name, value in zip(TEXT_FIELDS, texts[1:], strict=True):
-        if not isinstance(value, str) or not value:
-            got = "an empty string" if value == "" else f"a JSON {_type_name(value)}"
-            raise Invalid(f"field {name!r} must be a non-empty string, got {got}")
+def _copy_texts(texts: tuple[str, ...]) -> str:
+    """The six text fields as COPY text, escaped; Invalid for a NUL, which PostgreSQL text cannot hold."""
+    for name, value in zip(TEXT_FIELDS, texts, strict=True):
         if "\x00" in value:
             raise Invalid(f"field {name!r} contains \\u0000; PostgreSQL text cannot store it")
-    # Checked per field: a tab inside a value must be escaped, and it looks like a separator once joined.
-    return "\t".join(_copy_text(t) for t in texts).encode()
+    return "\t".join(t.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+                     for t in texts)
 
 
 def parse_event(raw: bytes) -> bytes:
     """Validate one line (without its newline) and return it as a COPY text row, newline included."""
     try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Invalid(_decode_error(raw, exc)) from None
-    if not isinstance(event, dict):
-        raise Invalid(f"expected a JSON object, got a JSON {_type_name(event)}")
-    if len(event) != len(COLUMNS) or not KNOWN_FIELDS.issuperset(event):
-        unknown = sorted(set(event) - KNOWN_FIELDS)
-        if unknown:
-            raise Invalid(f"unknown field {unknown[0]!r}; the contract has {', '.join(COLUMNS)}")
-        missing = [c for c in COLUMNS if c not in event]
-        raise Invalid(f"field {missing[0]!r} is missing")
-    when = event["time"]
-    # Tuning: pattern + fromisoformat cost 0.89 us an emitter stamp, this lookup 0.52 us (medians of 40 rounds, see
-    # docs/performance.md); a general key (any fraction length, Z) measured no faster, so only this shape is cached.
-    if (isinstance(when, str) and len(when) == _COMMON_TIME_LENGTH and when.isascii() and when[19] == "."
-            and when[20:26].isdigit()):
-        key = when[:19] + when[26:]
-        if key not in _GOOD_TIMES:
-            _check_time(when)
-            if len(_GOOD_TIMES) >= MAX_GOOD_TIMES:
-                _GOOD_TIMES.clear()
-            _GOOD_TIMES.add(key)
-    else:
-        _check_time(when)
-    texts = _ROW_TEXTS(event)
-    # Tuning: one join and one orjson.dumps of the texts (0.77 us a small line) replace the per-field checks and
-    # regex searches (4.2 us). When every value is a non-empty string and none needs a JSON escape, none holds a NUL,
-    # tab, newline, CR or backslash, so the COPY text is the plain join; anything else takes the per-field path and
-    # its messages.
+        event = DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise Invalid(schema_reason(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Invalid(_decode_reason(raw, exc)) from None
+    except RecursionError:
+        depth = nesting(raw)
+        if depth > MAX_NESTING:
+            raise Invalid(nesting_reason(depth)) from None
+        raise
+    if raw[-1:] == b"\r":  # JSON whitespace, but a CRLF line ending means the writer's framing is wrong
+        raise Invalid("line ends with CR (a CRLF line ending); end each line with \\n alone")
+    fields = msgspec.structs.astuple(event)
+    texts = fields[1:7]
+    joined = "\t".join(texts)
     try:
-        row_text = "\t".join(texts).encode()
-    except TypeError:
-        row_text = None
-    if row_text is None or "" in texts or len(texts_json := orjson.dumps(texts)) != len(row_text) + _PLAIN_TEXTS_EXTRA:
-        row_text = _checked_texts(texts)
-        texts_json = orjson.dumps(texts)
-    data = event["data"]
-    if data is None:
-        data_json = b"null"
-        data_text = b"\\N"
-    elif isinstance(data, dict):
-        data_json = orjson.dumps(data)
-        data_text = data_json
-        # Tuning: a one-byte memchr gates the 6-byte search: 3.0 -> 1.4 us a pipe_buf line, 0.43 -> 0.31 us a small one.
-        if b"\\" in data_json:
-            if b"\\u0000" in data_json and _ESCAPED_NUL.search(data_json):
-                raise Invalid("field 'data' contains \\u0000; PostgreSQL jsonb cannot store it")
-            data_text = data_json.replace(b"\\", b"\\\\")
-    else:
-        raise Invalid(f"field 'data' must be a JSON object or null, got a JSON {_type_name(data)}")
-    # A compact line re-encodes to its own length; only a line that does not (whitespace, other escapes, or a
-    # repeated key, which orjson resolves silently to the last value) pays for the exact duplicate check.
-    # Tuning: the re-encoded length is summed from the parts already encoded above instead of a second
-    # orjson.dumps of the whole event (saves 0.64 us a small line, 2.1 us a pipe_buf one); it is the same number.
-    if _EVENT_FRAME_BYTES + len(texts_json) - 8 + len(data_json) != len(raw):
-        if raw.endswith(b"\r"):
-            raise Invalid("line ends with CR (a CRLF line ending); end each line with \\n alone")
-        repeated = _repeated_key(raw)
-        if repeated is not None:
-            raise Invalid(f"key {repeated!r} appears twice in one object; keys must be unique (which value is meant?)")
-    return b"".join((row_text, b"\t", data_text, b"\n"))
+        data_text = str(fields[7], "utf-8")  # msgspec checks the strings it decodes, not those inside a Raw value
+    except UnicodeDecodeError:
+        raise Invalid(_decode_reason(raw, msgspec.DecodeError())) from None
+    # A line that re-encodes to itself has exactly its eight keys (0.5 us, a canonical line); any other is
+    # counted exactly (1-2 us).
+    if ENCODE(event) != raw and members(raw, fields[0], joined, data_text) != len(COLUMNS):
+        raise Invalid(repeated_key_reason(raw))
+    if len(data_text) > NESTING_CHECK_LENGTH:
+        check_nesting(data_text)
+    # Without a backslash in the line no string holds an escape, so no text holds a tab, newline, CR,
+    # backslash or NUL (JSON strings cannot hold them raw): one memchr spares the per-field checks.
+    plain = raw.find(b"\\") < 0
+    data_copy = check_data(fields[7], data_text, plain)
+    if not plain and ("\\" in joined or "\n" in joined or "\r" in joined or "\x00" in joined
+                      or joined.count("\t") != len(texts) - 1):
+        joined = _copy_texts(texts)
+    return b"".join(((check_time(fields[0], plain) + "\t" + joined).encode(), b"\t", data_copy, b"\n"))
+
+
+def _internal_error(raw: bytes, exc: Exception) -> Rejection:
+    kind = type(exc).__name__
+    _INTERNAL_ERRORS[kind] += 1
+    if _INTERNAL_ERRORS[kind] == 1:  # once per kind: a flood of one bad shape must not flood the log
+        log.error("internal error while judging a line (%s), the line is rejected; later ones of this kind are only "
+                  "counted", kind, exc_info=exc)
+    return Rejection(f"internal error while judging the line: {kind}: {exc}"[:500], raw)
+
+
+def glued_event(raw: bytes | bytearray, first: int = 0) -> tuple[int, bytes] | None:
+    """(offset, COPY row) of a valid event that ends raw and starts at or after first, or None.
+
+    Tried from the end: a good line glued behind a fragment is the only suffix that is a whole event (a proper
+    suffix of an event ends with its closing brace twice), so the fragment may repeat event openings any number
+    of times without costing an attempt.
+    """
+    starts = [match.start() for match in EVENT_START.finditer(raw, first)]
+    for start in starts[: -MAX_RESTARTS - 1: -1]:
+        try:
+            return start, parse_event(bytes(raw[start:]))
+        except Invalid:
+            continue
+    return None
 
 
 def parse_line(raw: bytes) -> tuple[bytes | None, list[Rejection]]:
-    """Return (COPY row or None, rejections) for one line.
+    """Return (COPY row or None, rejections) for one line; never raises.
 
     A line whose start was cut off, or a fragment left by a writer that died mid-line followed by another
     writer's whole line, is split where a valid event begins: the fragment is rejected, the event lands.
+    Anything unexpected while judging the line rejects that line, naming the internal error.
     """
     try:
-        return parse_event(raw), []
-    except Invalid as exc:
-        first = exc
-    if raw.startswith(UTF8_BOM):
-        return None, [Rejection(str(first), raw)]  # a BOM is no writer's fragment: the whole line is refused
-    start = raw.find(OBJECT_START, 1)
-    while start > 0:
         try:
-            row = parse_event(raw[start:])
-        except Invalid:
-            start = raw.find(OBJECT_START, start + 1)
-            continue
+            return parse_event(raw), []
+        except Invalid as exc:
+            first = exc
+        if raw.startswith(UTF8_BOM):
+            return None, [Rejection(str(first), raw)]  # a BOM is no writer's fragment: the whole line is refused
+        glued = glued_event(raw, 1)
+        if glued is None:
+            return None, [Rejection(str(first), raw)]
+        start, row = glued
         reason = f"fragment of {start} bytes glued before a valid event (a writer stopped mid-line?)"
         return row, [Rejection(reason, raw[:start])]
-    return None, [Rejection(str(first), raw)]
+    except Exception as exc:  # noqa: BLE001 - the promise: no line stops the collector; this one is rejected instead
+        return None, [_internal_error(raw, exc)]

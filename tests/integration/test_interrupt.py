@@ -149,8 +149,8 @@ class TestTerminalCtrlC:
         """--processes 2, SIGINT to the group mid-load: one verdict from both workers, nothing lost, status 3."""
         harness = start(dsn, tmp_path / "reports", tmp_path / "locust.log", "--processes", "2")
         try:
-            harness.wait_for("All users spawned", timeout=120)
-            time.sleep(3)
+            harness.wait_for("Sending spawn jobs", timeout=120)  # the master's line; workers log the rest
+            time.sleep(4)
             os.killpg(harness.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
             verdict = assert_interrupted(harness, tmp_path / "reports", "SIGINT")
             t = verdict["totals"]

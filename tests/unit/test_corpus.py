@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from loadtests.corpus import CORPUS_DIR, MANIFEST, BadLine, CorpusError, load_corpus, select
+from reference.collector.validate import parse_line
 from reference.sizes import MAX_LINE_BYTES
 
 # The kinds issue 4 names, by their corpus names.
@@ -20,7 +21,7 @@ REQUIRED_KINDS = (
                                                              "data")),
     "empty-string", "wrong-type-number", "time-without-offset", "impossible-date", "year-10000", "data-list",
     "deep-nesting", "over-limit", "crlf", "blank", "bom", "nan", "infinity", "duplicate-key", "fragment",
-    "pg-rejected-offset",
+    "pg-rejected-number",
 )
 
 
@@ -100,6 +101,40 @@ class TestCorpus:
         """An unknown kind is refused with the kinds that exist."""
         with pytest.raises(ValueError, match=r"unknown kind\(s\) nope; the corpus has invalid-utf8"):
             select(corpus, "blank,nope")
+
+
+class TestCorpusThroughParseLine:
+    """Every corpus kind judged by parse_line alone (no database): the reason the manifest promises, or a row."""
+
+    # Kinds parse_line cannot decide alone: the splitter rejects an over-limit line, a fragment is judged glued
+    # to the next line, and PostgreSQL itself refuses the pg-rejected row (its number is beyond numeric's range).
+    ELSEWHERE = ("over-limit", "fragment", "pg-rejected-number")
+
+    def test_every_kind_is_rejected_with_its_reason(self, corpus):
+        """Each kind but those decided elsewhere gives no row and one rejection whose reason holds the manifest's."""
+        for line in corpus:
+            if line.kind in self.ELSEWHERE:
+                continue
+            row, rejections = parse_line(line.raw)
+            assert row is None, line.kind
+            assert [r.raw for r in rejections] == [line.raw], line.kind
+            assert line.reason in rejections[0].reason, (line.kind, rejections[0].reason)
+
+    def test_the_fragment_is_cut_off_the_next_line(self, corpus):
+        """The fragment glued before a good line is rejected as a fragment; the good line's row comes out."""
+        fragment = next(line for line in corpus if line.kind == "fragment")
+        good = orjson.dumps({"time": "2026-11-28T05:30:00Z", "application_name": "a", "environment_name": "e",
+                             "log_event": "l", "trace_id": "t", "file_path": "f", "host_ip": "h", "data": None})
+        row, rejections = parse_line(fragment.raw + good)
+        assert row == parse_line(good)[0]
+        assert [(r.raw, fragment.reason in r.reason) for r in rejections] == [(fragment.raw, True)]
+
+    def test_the_pg_rejected_kind_passes_the_collector(self, corpus):
+        """The kind PostgreSQL refuses is a row for the collector, its number passed on as written."""
+        line = next(line for line in corpus if line.kind == "pg-rejected-number")
+        row, rejections = parse_line(line.raw)
+        assert rejections == []
+        assert b"1e200000" in row
 
 
 class TestBrokenManifest:

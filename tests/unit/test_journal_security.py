@@ -220,3 +220,46 @@ class TestFifoReplaced:
         with pytest.raises(NotAFifoError, match="regular file"):
             writer.open()
         assert (tmp_path / "f").read_text() == ""
+
+
+class TestFifoReplacedByOthers:
+    """What takes the FIFO's place is never deleted, and never read unless it passes the FIFO checks."""
+
+    def test_a_regular_file_at_the_path_is_logged_and_left_alone(self, tmp_path, monkeypatch, caplog):
+        """The FIFO replaced by a regular file: one error line, the file untouched, the old FIFO still read."""
+        monkeypatch.setattr(reader_module, "PATH_CHECK_S", 0.0)
+        path = tmp_path / "f"
+        reader = FifoReader(str(path), mode=0o600)
+        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.unlink(path)
+            path.write_bytes(b"someone's file\n")
+            reader.check_path()
+            reader.check_path()
+            assert [r.levelname for r in caplog.records if "regular file" in r.getMessage()] == ["ERROR"]
+            assert path.read_bytes() == b"someone's file\n"
+            os.write(writer, b"still read\n")
+            assert reader.read(0.5) == b"still read\n"
+        finally:
+            os.close(writer)
+            reader.close()
+
+    @needs_root
+    def test_a_fifo_of_another_user_at_the_path_is_not_taken_over(self, tmp_path, monkeypatch, caplog):
+        """The FIFO replaced by another user's FIFO: logged, not read; the old FIFO still is."""
+        monkeypatch.setattr(reader_module, "PATH_CHECK_S", 0.0)
+        path = tmp_path / "f"
+        reader = FifoReader(str(path), mode=0o600)
+        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+            os.chown(path, NOBODY_UID, NOBODY_UID)
+            reader.check_path()
+            assert any(f"belongs to uid {NOBODY_UID}" in r.getMessage() for r in caplog.records)
+            os.write(writer, b"old one\n")
+            assert reader.read(0.5) == b"old one\n"
+            assert not reader.retiring
+        finally:
+            os.close(writer)
+            reader.close()

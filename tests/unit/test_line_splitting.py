@@ -172,6 +172,52 @@ class TestOversized:
         assert len(splitter._tail) == 0
 
 
+GOOD_LINE = (b'{"time":"2026-11-28T05:30:00Z","application_name":"A","environment_name":"e","log_event":"l",'
+             b'"trace_id":"t","file_path":"/f","host_ip":"10.0.0.1","data":{"k":{"n":1}}}')
+
+
+class TestLineGluedBehindAnOversizedOne:
+    """A good line glued at the end of an over-limit fragment still comes out (it used to vanish with it)."""
+
+    @pytest.mark.parametrize("garbage", [b"x", b'{"time":"2026-11-28T0', b'{"a":{"b":[1,'])
+    @pytest.mark.parametrize("chunk", [7, 999, 1000, 1001, 4096, 10**9])
+    def test_good_line_after_an_over_limit_fragment(self, garbage, chunk):
+        """5x the limit without a newline, then a good line: the fragment is Oversized, the line is emitted whole."""
+        fragment = (garbage * (5 * LIMIT // len(garbage) + 1))[: 5 * LIMIT]
+        data = b"before\n" + fragment + GOOD_LINE + b"\nafter\n"
+        lines, oversized = feed_all(LineSplitter(LIMIT), cut(data, list(range(chunk, len(data), chunk))))
+        assert lines[0] == b"before"
+        assert lines[-1] == b"after"
+        assert len(oversized) == 1
+        assert oversized[0].length == len(fragment) + len(GOOD_LINE)
+        assert oversized[0].complete
+        # The good line comes out alone; the prefix kept for the rejection stops before it.
+        assert lines[1] == GOOD_LINE
+        assert (fragment + GOOD_LINE).startswith(oversized[0].prefix)
+        assert len(oversized[0].prefix) <= len(fragment)
+
+    @pytest.mark.parametrize("end", [b"x", b'{"a":1}', GOOD_LINE[:-1], b'{"data":{"k":1}}'])
+    def test_no_valid_event_at_the_end(self, end):
+        """An over-long line that does not end with a whole valid event is one Oversized, nothing more."""
+        big = b"x" * 3 * LIMIT + end
+        lines, oversized = LineSplitter(LIMIT).feed(big + b"\nok\n")
+        assert lines == [b"ok"]
+        assert [(o.length, o.prefix) for o in oversized] == [(len(big), big)]
+
+    def test_an_over_long_event_is_one_rejection(self):
+        """A whole event over the limit (its own nested objects do not count as glued lines) is one Oversized."""
+        big = GOOD_LINE.replace(b'"A"', b'"' + b"A" * 2 * LIMIT + b'"').replace(b'{"n":1}', b'{"time":1}')
+        lines, oversized = LineSplitter(LIMIT).feed(big + b"\n")
+        assert (lines, [o.length for o in oversized]) == ([], [len(big)])
+
+    def test_window_memory_is_bounded(self):
+        """While skipping, the splitter holds at most the limit of the over-long line's end."""
+        splitter = LineSplitter(LIMIT)
+        for _ in range(100):
+            splitter.feed(b'{"' * 5000)
+            assert len(splitter._window) <= LIMIT
+
+
 class TestTakePartial:
     def test_unfinished_tail(self):
         """take_partial hands over the bytes after the last newline, once."""

@@ -210,7 +210,7 @@ class TestRejections:
     def test_time_without_offset(self, when):
         """A time stamp that is not RFC 3339 with an offset is rejected showing the value."""
         reason = rejected(encode(event(time=when)))
-        assert reason == f"field 'time' must be an RFC 3339 timestamp with an offset, got {when!r}"
+        assert reason.startswith(f"field 'time' must be an RFC 3339 timestamp with an offset, got {when!r} (write ")
 
     @pytest.mark.parametrize("when", ["2026-02-30T00:00:00+00:00", "2025-02-29T00:00:00Z",
                                       "2026-13-01T00:00:00Z", "2026-11-28T24:00:00Z", "2026-11-28T05:61:00Z"])
@@ -225,7 +225,7 @@ class TestRejections:
 
     def test_time_as_number(self):
         """A numeric time is rejected naming its type."""
-        assert rejected(encode(event(time=1764307800))).endswith("got 'number'")
+        assert "got 'number'" in rejected(encode(event(time=1764307800)))
 
     @pytest.mark.parametrize(("data", "kind"), [([1, 2], "array"), ("text", "string"), (3, "number"),
                                                 (False, "boolean")])
