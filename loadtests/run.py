@@ -16,7 +16,7 @@ import psycopg2
 from locust.html import get_html_report
 from locust.runners import MasterRunner
 
-from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S
+from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
 from loadtests.database import Database, DatabaseUnavailableError
 from loadtests.fifo_client import SourceCounts
 from loadtests.lifecycle import CollectorError, SystemUnderTest
@@ -209,7 +209,8 @@ class Run:
         counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
         sent = sum(c.sent for c in counts.values())
         self.progress = DrainProgress(self.run_id, sent, self.options.drain_timeout, sut.fifo)
-        landed_at = self._drain(sent, self.progress, drain_quiet_s(self.options, sut))
+        adapter = sut.collector.adapter if sut.collector is not None else None
+        landed_at = self._drain(sent, self.progress, drain_quiet_s(self.options, adapter))
         self.progress.say("stopping the collector")
         collector_exit = sut.stop(hurry=self.interrupt.hurry.is_set())
         self.sut = None
@@ -367,15 +368,6 @@ class Run:
         """GET /namedpiper: the phase and the last verdict as JSON."""
         return {"phase": self.phase, "progress": self.progress.latest if self.progress else "",
                 "verdict": self.verdict.as_dict() if self.verdict is not None else None}
-
-
-def drain_quiet_s(options, sut: SystemUnderTest) -> float:
-    """--drain-quiet, else the collector adapter's default (syslog-ng retries the database in seconds, not 3)."""
-    if getattr(options, "drain_quiet", None) is not None:
-        return float(options.drain_quiet)
-    if sut.collector is not None:
-        return float(sut.collector.adapter.drain_quiet_s)
-    return DRAIN_QUIET_S
 
 
 def _say(text: str) -> None:

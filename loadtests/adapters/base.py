@@ -92,3 +92,10 @@ def dsn_environment(dsn: str) -> dict[str, str]:
 def shown(argv: list[str]) -> str:
     """argv as one shell line with any DSN password masked."""
     return " ".join(shlex.quote(redact(a)) for a in argv)
+
+
+def drain_quiet_s(options, adapter: Adapter | None) -> float:
+    """--drain-quiet, else the collector adapter's default (syslog-ng retries the database in seconds, not 3)."""
+    if getattr(options, "drain_quiet", None) is not None:
+        return float(options.drain_quiet)
+    return float(adapter.drain_quiet_s) if adapter is not None else DEFAULT_DRAIN_QUIET_S

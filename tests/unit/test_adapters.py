@@ -12,14 +12,13 @@ from hypothesis import strategies as st
 from psycopg2.extensions import make_dsn
 
 from loadtests.adapters import choose
-from loadtests.adapters.base import Context
+from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, Context, drain_quiet_s
 from loadtests.adapters.readiness import check_strategy, probe_line
 from loadtests.adapters.reference import DEFAULT_COMMAND, Reference
 from loadtests.adapters.report import exit_text, render_lines
 from loadtests.adapters.stopping import collector_faults, refuse_unperformable_faults
 from loadtests.adapters.syslog_ng import SyslogNg, database_target, parse_stats, quote, render_config
 from loadtests.collector_process import CollectorError
-from loadtests.run import DRAIN_QUIET_S, drain_quiet_s
 
 # syslog-ng-ctl stats of a syslog-ng 3.38 that read 2 lines, of which the json-parser dropped 1.
 STATS = """SourceName;SourceId;SourceInstance;State;Type;Number
@@ -171,10 +170,9 @@ class TestReadinessAndDrain:
 
     def test_the_option_overrides_the_adapter(self):
         """--drain-quiet wins; else syslog-ng's longer default; no collector of ours: the constant."""
-        sut = SimpleNamespace(collector=SimpleNamespace(adapter=SyslogNg()))
-        assert drain_quiet_s(options(drain_quiet=7.5), sut) == 7.5
-        assert drain_quiet_s(options(), sut) == SyslogNg.drain_quiet_s > DRAIN_QUIET_S
-        assert drain_quiet_s(options(), SimpleNamespace(collector=None)) == DRAIN_QUIET_S
+        assert drain_quiet_s(options(drain_quiet=7.5), SyslogNg()) == 7.5
+        assert drain_quiet_s(options(), SyslogNg()) == SyslogNg.drain_quiet_s > DEFAULT_DRAIN_QUIET_S
+        assert drain_quiet_s(options(), None) == DEFAULT_DRAIN_QUIET_S
 
 
 class TestExternalCollectorFaults:
