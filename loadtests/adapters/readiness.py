@@ -19,6 +19,9 @@ STRATEGIES = ("fifo", "probe", "sql:CONDITION", "cmd:COMMAND", "cmd")
 READY_TIMEOUT_S = 30.0
 # A probe row or SQL condition is looked for this often: each look is one short connection.
 PROBE_POLL_S = 0.25
+# The probe line is written again this often until it is seen: a line written while the collector reopens its
+# FIFO (syslog-ng does when the last writer closes) is discarded with the pipe's contents.
+PROBE_RESEND_S = 2.0
 # A readiness command that hangs must not hang the start.
 COMMAND_TIMEOUT_S = 5.0
 # Probe rows carry this prefix as their run id, so no verdict ever counts them as a run's lines.
@@ -78,11 +81,12 @@ def wait_ready(proc: CollectorProcess, adapter: Adapter, ctx: Context, strategy:
         proc.wait_until(lambda: has_reader(ctx.fifo), f"opening {ctx.fifo}", timeout)
     elif strategy == "probe":
         run_id = PROBE_RUN_PREFIX + secrets.token_hex(4)
-        written = [False]
+        last_write = [float("-inf")]
 
         def seen() -> bool:
-            if not written[0]:
-                written[0] = _write_probe(ctx.fifo, probe_line(run_id))
+            if time.monotonic() - last_write[0] >= PROBE_RESEND_S:
+                if _write_probe(ctx.fifo, probe_line(run_id)):
+                    last_write[0] = time.monotonic()
                 return False
             return _sql_true(ctx.dsn, PROBE_SQL, (run_id,))
 
