@@ -14,9 +14,12 @@ from pathlib import Path
 
 import gevent
 
+from loadtests.adapters import Adapter, Context, choose
+from loadtests.adapters.readiness import wait_ready
+from loadtests.adapters.reference import Reference
+from loadtests.adapters.stopping import CollectorWatch, external_fault, refuse_unperformable_faults
 from loadtests.collector_process import CollectorError, CollectorProcess, has_reader
 from loadtests.database import Database
-from reference.dsn import DSN_ENV, redact
 from reference.fifo import ensure_fifo
 
 log = logging.getLogger(__name__)
@@ -36,26 +39,29 @@ def collector_argv(template: str, fifo: str, dsn: str, journal: str) -> list[str
 
 
 class HarnessCollector(CollectorProcess):
-    """The collector of a run: started from --collector-cmd, restarted after faults, ready once it reads the FIFO."""
+    """The collector of a run, as its adapter starts it; restarted after faults, ready by the adapter's strategy."""
 
-    def __init__(self, template: str, fifo: str, dsn: str, log_path: Path) -> None:
-        argv = collector_argv(template, fifo, dsn, str(log_path.parent / "journal"))
-        if "{dsn}" in template and redact(dsn) != dsn:
-            log.warning("--collector-cmd puts a DSN with a password on the collector's command line, where every "
-                        "local user can read it; drop {dsn}: the collector gets it in NAMEDPIPER_DSN")
-        # The DSN travels in the environment, never on the command line (/proc/PID/cmdline is world-readable).
-        super().__init__(argv, fifo, log_path, shown=" ".join(shlex.quote(redact(a)) for a in argv),
-                         env={**os.environ, DSN_ENV: dsn})
+    def __init__(self, template: str, fifo: str, dsn: str, log_path: Path, *, adapter: Adapter | None = None,
+                 options=None) -> None:
+        self.adapter = adapter or Reference(template)
+        self.ctx = Context(fifo, dsn, log_path.parent, options)
+        try:
+            launch = self.adapter.launch(self.ctx)
+        except (OSError, ValueError) as exc:
+            raise CollectorError(f"cannot prepare the {self.adapter.name} collector: {exc}") from None
+        super().__init__(launch.argv, fifo, log_path, shown=launch.shown, env=launch.env)
+        self.readiness = getattr(options, "ready", "") or self.adapter.readiness
+        self.ready_timeout = getattr(options, "ready_timeout", None) or COLLECTOR_READY_TIMEOUT_S
         self.restarts = 0
 
     def start(self) -> HarnessCollector:
-        """Start the collector and wait until it reads the FIFO."""
-        log.info("starting collector: %s", self.shown)
+        """Start the collector and wait until it is ready (a collector that never is: CollectorError, status 2)."""
+        log.info("starting collector (%s): %s", self.adapter.name, self.shown)
         try:
             super().start()
         except CollectorError as exc:
-            raise CollectorError(f"{exc} (check --collector-cmd)") from None
-        self.wait_until_reading(COLLECTOR_READY_TIMEOUT_S)
+            raise CollectorError(f"{exc} (check --collector / --collector-cmd)") from None
+        wait_ready(self, self.adapter, self.ctx, self.readiness, self.ready_timeout)
         return self
 
     def kill_and_restart(self) -> None:
@@ -80,6 +86,7 @@ class SystemUnderTest:
             self._tmp = tempfile.mkdtemp(prefix="namedpiper-")
             self.fifo = os.path.join(self._tmp, "logs.fifo")
         self.collector: HarnessCollector | None = None
+        self.watch: CollectorWatch | None = None  # the adapter's counters, the stop policy, the collector's report
         self._faults: list[gevent.Greenlet] = []
         self.fault_log: list[str] = []
 
@@ -87,14 +94,20 @@ class SystemUnderTest:
         """Create the FIFO and start the collector (unless an external one reads it)."""
         ensure_fifo(self.fifo)
         template = self.options.collector_cmd.strip()
-        if template.lower() == "none":
+        try:
+            adapter = choose(getattr(self.options, "collector", "reference") or "reference", template)
+        except ValueError as exc:
+            raise CollectorError(str(exc)) from None
+        if template.lower() == "none" and isinstance(adapter, Reference):
+            refuse_unperformable_faults(self.options)
             if not has_reader(self.fifo):
                 log.warning("--collector-cmd none: nothing reads %s yet; users wait for a reader", self.fifo)
             return
-        if self.options.pipe_size and "reference.collector" in template:
-            template += f" --pipe-size {int(self.options.pipe_size)}"
-        self.collector = HarnessCollector(template, self.fifo, self.database.dsn, self.run_dir / "collector.log")
+        self.collector = HarnessCollector(template, self.fifo, self.database.dsn, self.run_dir / "collector.log",
+                                          adapter=adapter, options=self.options)
+        self.watch = CollectorWatch(self.collector)
         self.collector.start()
+        self.watch.begin()
 
     def schedule_faults(self, started: float) -> None:
         """Start greenlets that inject the faults the options ask for, at seconds from started."""
@@ -117,6 +130,7 @@ class SystemUnderTest:
 
     def _pause(self, seconds: float) -> None:
         if self.collector is None:
+            self._external(f"collector paused for {seconds} s", "pause", seconds, "resume")
             return
         self._note(f"collector paused (SIGSTOP) for {seconds} s")
         self.collector.signal(signal.SIGSTOP)
@@ -128,15 +142,18 @@ class SystemUnderTest:
 
     def _kill(self) -> None:
         if self.collector is None:
+            self._external("collector killed and restarted", "kill")
             return
         self._note("collector killed (SIGKILL) and restarted")
         self.collector.kill_and_restart()
 
     def _restart(self, gap: float) -> None:
         if self.collector is None:
+            self._external(f"collector stopped; no reader for {gap} s", "stop", gap, "start")
             return
-        status = self.collector.stop()
-        self._note(f"collector stopped (SIGTERM, exit {status}); no reader for {gap} s")
+        status, queued = self.watch.stop_for_fault() if self.watch is not None else (self.collector.stop(), None)
+        cost = f", {queued} lines still queued in it" if queued else ""
+        self._note(f"collector stopped (SIGTERM, exit {status}{cost}); no reader for {gap} s")
         gevent.sleep(gap)
         self.collector.restarts += 1
         self.collector.start()
@@ -154,6 +171,15 @@ class SystemUnderTest:
             self.database.start()
             self._note("database started again")
 
+    def _external(self, what: str, action: str, seconds: float = 0, then: str = "") -> None:
+        """A fault on a collector the harness did not start: --fault-cmd performs it."""
+        self._note(f"{what} (--fault-cmd {action}): {external_fault(self.options, action, self.fifo)}")
+        if then:
+            try:
+                gevent.sleep(seconds)
+            finally:
+                self._note(f"--fault-cmd {then}: {external_fault(self.options, then, self.fifo)}")
+
     def cancel_faults(self) -> None:
         """End the fault schedule (a fault under way finishes its clean-up, e.g. restarting the database)."""
         for g in self._faults:
@@ -164,8 +190,8 @@ class SystemUnderTest:
         """Cancel pending faults and stop the collector (quickly when hurried); return its exit status."""
         self.cancel_faults()
         status = None
-        if self.collector is not None:
-            status = self.collector.stop(COLLECTOR_HURRY_TIMEOUT_S) if hurry else self.collector.stop()
+        if self.collector is not None and self.watch is not None:
+            status = self.watch.stop(COLLECTOR_HURRY_TIMEOUT_S if hurry else None)
         if self._tmp is not None:
             try:
                 # The reference collector's lock file lies beside the FIFO (reference/collector/reader.py).

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from reference.sizes import parse_size
 
+# A started collector gets this long to become ready (the reference one opens its FIFO in ~0.5 s; syslog-ng stores
+# its probe row in ~1 s).
+READY_TIMEOUT_S = 30.0
+
 # Exit statuses of a harness run (Locust's process exit code), documented in --help and docs/harness.md.
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -83,6 +87,19 @@ def add_options(parser) -> None:
     option("--collector-cmd", default=DEFAULT_COLLECTOR_CMD,
            help="command that reads {fifo} into {dsn} ({journal}: a folder for it; {python}: this python); "
                 "'none' when a collector already reads the FIFO")
+    option("--collector", default="reference",
+           help="shipped collector adapter: reference or syslog-ng (docs/adapters.md); --collector-cmd for others")
+    option("--ready", default="",
+           help="when the collector counts as ready: fifo (it opened the FIFO), probe (a probe line reached logs), "
+                "sql:CONDITION, cmd:COMMAND (exits 0), cmd (the adapter's command); empty: the adapter's choice")
+    option("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+           help="seconds a started collector has to become ready; else the run cannot start (status 2)")
+    option("--drain-quiet", type=float, default=None,
+           help="the drain ends when nothing landed for this many seconds; default: the adapter's (reference 3, "
+                "syslog-ng 15)")
+    option("--fault-cmd", default="",
+           help="with --collector-cmd none: command performing collector faults, {action} is pause, resume, kill, "
+                "stop or start")
     option("--pipe-size", type=int, default=0, help="pipe capacity the reference collector asks for; 0: default")
     option("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S,
            help="seconds to wait after the users stop for every sent line to land")

@@ -16,6 +16,7 @@ import psycopg2
 from locust.html import get_html_report
 from locust.runners import MasterRunner
 
+from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
 from loadtests.database import Database, DatabaseUnavailableError
 from loadtests.fifo_client import SourceCounts
 from loadtests.lifecycle import CollectorError, SystemUnderTest
@@ -31,8 +32,9 @@ log = logging.getLogger("namedpiper")
 
 # While draining, the harness polls the database this often...
 DRAIN_POLL_S = 0.25
-# ...and stops waiting once nothing new has landed for this long (torn lines never all land).
-DRAIN_QUIET_S = 3.0
+# ...and stops waiting once nothing new has landed for this long (torn lines never all land); an adapter or
+# --drain-quiet may ask for longer.
+DRAIN_QUIET_S = DEFAULT_DRAIN_QUIET_S
 # Workers get this long to stop their users and send their counters to the master.
 WORKER_COUNTS_TIMEOUT_S = 30.0
 
@@ -207,12 +209,15 @@ class Run:
         counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
         sent = sum(c.sent for c in counts.values())
         self.progress = DrainProgress(self.run_id, sent, self.options.drain_timeout, sut.fifo)
-        landed_at = self._drain(sent, self.progress)
+        adapter = sut.collector.adapter if sut.collector is not None else None
+        landed_at = self._drain(sent, self.progress, drain_quiet_s(self.options, adapter))
         self.progress.say("stopping the collector")
         collector_exit = sut.stop(hurry=self.interrupt.hurry.is_set())
         self.sut = None
         self.progress.say("verifying")
         sources, totals = verify_run(self.database.dsn, self.run_id, self.since, counts)
+        collector_report = sut.watch.finish(self.database.dsn, self.run_id, sources, totals.bad_sent) \
+            if sut.watch is not None else None
         stats = self.environment.stats.total
         lasted = max(1e-6, landed_at - self.started)
         collector = sut.collector
@@ -228,7 +233,7 @@ class Run:
             # None when unknown: no collector of ours, or it had exited before the harness could read its memory.
             collector_peak_rss_mib=round(collector.peak_rss_kib / 1024, 1)
             if collector is not None and collector.peak_rss_kib else None,
-            interrupted=self.interrupt.signal_name, drain_skipped=self.drain_skipped,
+            interrupted=self.interrupt.signal_name, drain_skipped=self.drain_skipped, collector=collector_report,
             started_at=self.started_at, ended_at=utc_now(),
             options=recorded_options(self.options, HARNESS_OPTIONS),
             versions=versions(self.server_version),
@@ -280,9 +285,9 @@ class Run:
                 asked.add(client_id)
             self.interrupt.hurry.wait(DRAIN_POLL_S)
 
-    def _drain(self, sent: int, progress: DrainProgress) -> float:
-        """Wait until every sent line landed, nothing moved for DRAIN_QUIET_S, the drain timeout, or a second
-        signal; return when the last row landed."""
+    def _drain(self, sent: int, progress: DrainProgress, quiet_s: float = DRAIN_QUIET_S) -> float:
+        """Wait until every sent line landed, nothing moved for quiet_s, the drain timeout, or a second signal;
+        return when the last row landed."""
         self.phase = f"run {self.run_id}: draining"
         deadline = time.monotonic() + self.options.drain_timeout
         last, last_change = (-1, -1), time.monotonic()
@@ -300,7 +305,7 @@ class Run:
             if now_counts != last:
                 last, last_change = now_counts, now
             progress.poll(*now_counts)
-            if now_counts[0] >= sent or now - last_change >= DRAIN_QUIET_S or now >= deadline:
+            if now_counts[0] >= sent or now - last_change >= quiet_s or now >= deadline:
                 if now_counts[0] < sent and now >= deadline:
                     log.warning("drain timeout: %d of %d sent lines landed", now_counts[0], sent)
                 return last_change if now_counts[0] < sent else now

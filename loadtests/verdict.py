@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loadtests.adapters.report import render_lines as render_collector
 from loadtests.options import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS
 from loadtests.verify import SourceResult, Totals
 from reference.fifo import PIPE_BUF
@@ -76,6 +77,8 @@ class Verdict:
     interrupted: str | None = None
     # A second signal skipped the wait for the last lines to land.
     drain_skipped: bool = False
+    # The collector's report (loadtests/adapters/report.py): exit, counters, the stop's cost, loss explanation.
+    collector: dict | None = None
     started_at: str = ""
     ended_at: str = ""
     options: dict = field(default_factory=dict)
@@ -204,6 +207,7 @@ def render(verdict: Verdict) -> str:
     if verdict.collector_peak_rss_mib is not None:
         lines.append(f"collector peak RSS {verdict.collector_peak_rss_mib} MiB")
     lines.extend(f"fault: {f}" for f in verdict.faults)
+    lines.extend(render_collector(verdict.collector, failed=not verdict.passed))
     lines.append("expectations:")
     width = max((len(e.name) for e in verdict.expectations), default=0)
     for e in verdict.expectations:
