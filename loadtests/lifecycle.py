@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -25,8 +27,25 @@ COLLECTOR_READY_TIMEOUT_S = 30.0
 # After a second signal the collector gets this long to flush what it holds before SIGKILL: the user asked to
 # stop now, but a collector killed mid-COPY would turn lines it had already read into "lost".
 COLLECTOR_HURRY_TIMEOUT_S = 5.0
+# A --metrics-port in --collector-cmd: the harness scrapes that port instead of adding one.
+METRICS_PORT = re.compile(r"--metrics-port[= ]+(\d+)")
 
 __all__ = ["CollectorError", "HarnessCollector", "SystemUnderTest", "has_reader"]
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (the kernel's pick), for the collector's metrics."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def metrics_url(template: str) -> str | None:
+    """The metrics URL a collector command line asks for (--metrics-port N), None when it asks for none."""
+    found = METRICS_PORT.search(template)
+    if found is None or not int(found.group(1)):
+        return None
+    return f"http://127.0.0.1:{int(found.group(1))}/metrics"
 
 
 def collector_argv(template: str, fifo: str, dsn: str, journal: str) -> list[str]:
@@ -79,8 +98,11 @@ class SystemUnderTest:
             self._tmp = tempfile.mkdtemp(prefix="namedpiper-")
             self.fifo = os.path.join(self._tmp, "logs.fifo")
         self.collector: HarnessCollector | None = None
+        self.metrics_url: str | None = None
         self._faults: list[gevent.Greenlet] = []
         self.fault_log: list[str] = []
+        # (monotonic time, "start" | "end" | "at", what): the timeline's fault markers.
+        self.marks: list[tuple[float, str, str]] = []
 
     def start(self) -> None:
         """Create the FIFO and start the collector (unless an external one reads it)."""
@@ -92,6 +114,11 @@ class SystemUnderTest:
             return
         if self.options.pipe_size and "reference.collector" in template:
             template += f" --pipe-size {int(self.options.pipe_size)}"
+        self.metrics_url = metrics_url(template)
+        if self.metrics_url is None and "reference.collector" in template:
+            port = free_port()  # the timeline scrapes the collector's own counters
+            template += f" --metrics-port {port}"
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         self.collector = HarnessCollector(template, self.fifo, self.database.dsn, self.run_dir / "collector.log")
         self.collector.start()
 
@@ -110,48 +137,49 @@ class SystemUnderTest:
     def _at(self, started: float, second: float, action, *args) -> None:
         self._faults.append(gevent.spawn_later(max(0.0, started + second - time.monotonic()), action, *args))
 
-    def _note(self, text: str) -> None:
+    def _note(self, text: str, edge: str = "at", fault: str = "") -> None:
         log.warning("fault: %s", text)
         self.fault_log.append(text)
+        self.marks.append((time.monotonic(), edge, fault or text))
 
     def _pause(self, seconds: float) -> None:
         if self.collector is None:
             return
-        self._note(f"collector paused (SIGSTOP) for {seconds} s")
+        self._note(f"collector paused (SIGSTOP) for {seconds} s", "start", "collector paused")
         self.collector.signal(signal.SIGSTOP)
         try:
             gevent.sleep(seconds)
         finally:
             self.collector.signal(signal.SIGCONT)
-            self._note("collector resumed (SIGCONT)")
+            self._note("collector resumed (SIGCONT)", "end", "collector paused")
 
     def _kill(self) -> None:
         if self.collector is None:
             return
-        self._note("collector killed (SIGKILL) and restarted")
+        self._note("collector killed (SIGKILL) and restarted", "at", "collector killed")
         self.collector.kill_and_restart()
 
     def _restart(self, gap: float) -> None:
         if self.collector is None:
             return
         status = self.collector.stop()
-        self._note(f"collector stopped (SIGTERM, exit {status}); no reader for {gap} s")
+        self._note(f"collector stopped (SIGTERM, exit {status}); no reader for {gap} s", "start", "no reader")
         gevent.sleep(gap)
         self.collector.restarts += 1
         self.collector.start()
-        self._note("collector started again")
+        self._note("collector started again", "end", "no reader")
 
     def _outage(self, seconds: float) -> None:
         if self.database.embedded is None:
             self._note("database outage skipped: only the embedded database can be stopped by the harness")
             return
-        self._note(f"database stopped for {seconds} s")
+        self._note(f"database stopped for {seconds} s", "start", "database outage")
         self.database.embedded.stop()
         try:
             gevent.sleep(seconds)
         finally:  # also when the run ends during the outage: the verdict needs the database
             self.database.start()
-            self._note("database started again")
+            self._note("database started again", "end", "database outage")
 
     def cancel_faults(self) -> None:
         """End the fault schedule (a fault under way finishes its clean-up, e.g. restarting the database)."""
