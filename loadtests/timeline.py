@@ -24,8 +24,9 @@ log = logging.getLogger("namedpiper")
 # One sample a second: the k6/Gatling grain; a 20 s run gets 20 points, a 2-minute drain 120.
 DEFAULT_INTERVAL_S = 1.0
 # A scrape that takes longer than this is skipped (the sample keeps the harness's own view): the sampler must not
-# lag behind its clock because a stopped collector (SIGSTOP) cannot answer.
-SCRAPE_TIMEOUT_S = 0.5
+# lag behind its clock because a stopped collector (SIGSTOP) cannot answer. A collector replaying its journal at
+# full speed answered in 0.5-0.8 s at times (its HTTP thread waits for the GIL), so 0.5 s left gaps.
+SCRAPE_TIMEOUT_S = 0.9
 # Columns of timeline.csv, in order: every key of a sample.
 COLUMNS = ("t_s", "phase", "lines_written", "lines_dropped", "written_per_s", "rows_landed", "landed_per_s",
            "rejected", "pipe_bytes", "pipe_capacity", "writes", "latency_p50_ms", "latency_p99_ms",
@@ -168,6 +169,7 @@ class Sampler:
         self._landed, self._rejected = Counters(), Counters()
         self._process: psutil.Process | None = None
         self._previous: dict | None = None
+        self._last_reading: tuple[float, int] | None = None  # (t_s, rows landed) of the last answered scrape
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -244,9 +246,13 @@ class Sampler:
         if prev is not None and t > prev["t_s"]:
             span = t - prev["t_s"]
             s["written_per_s"] = round((s["lines_written"] - prev["lines_written"]) / span, 1)
-            if s["rows_landed"] is not None and prev["rows_landed"] is not None:
-                s["landed_per_s"] = round((s["rows_landed"] - prev["rows_landed"]) / span, 1)
+            reading = self._last_reading
+            if view is not None and reading is not None and t > reading[0]:
+                # Over the time since the last answered scrape: a skipped scrape is a gap, not a zero then a spike.
+                s["landed_per_s"] = round((s["rows_landed"] - reading[1]) / (t - reading[0]), 1)
             s["blocked_s"] = round(max(0.0, writers.get("blocked_s", 0.0) - prev["_blocked_total"]), 3)
+        if view is not None:
+            self._last_reading = (t, s["rows_landed"])
         self._previous = {**s, "_blocked_total": writers.get("blocked_s", 0.0)}
         return s
 
