@@ -33,6 +33,8 @@ COLUMNS = ("t_s", "phase", "lines_written", "lines_dropped", "written_per_s", "r
            "latency_max_ms", "blocked_s", "collector_rss_mib", "collector_cpu_percent", "journal_bytes",
            "journal_lag_bytes", "database_up", "landed_from", "marks")
 MIB = 1024 * 1024
+# Rates are taken over at least this fraction of the interval (see Rate).
+MIN_RATE_SPAN = 0.75
 
 
 @dataclass
@@ -115,6 +117,27 @@ class Counters:
         return self.base + value
 
 
+class Rate:
+    """Per-second rate of a running total, over at least min_span seconds.
+
+    Rows land in batches (10,000 at a commit): two samples a few milliseconds apart (the sampler catching up
+    after a slow scrape) turned one commit into a rate of 600,000 rows/s.
+    """
+
+    def __init__(self, min_span: float) -> None:
+        self.min_span = min_span
+        self.readings: list[tuple[float, float]] = []
+
+    def add(self, t: float, total: float) -> float | None:
+        """The rate since the newest reading at least min_span old (None before there is one)."""
+        old = [r for r in self.readings if r[0] <= t - self.min_span]
+        self.readings = [*old[-1:], *(r for r in self.readings if r[0] > t - self.min_span), (t, total)]
+        if not old:
+            return None
+        t0, v0 = old[-1]
+        return round((total - v0) / (t - t0), 1)
+
+
 class Latencies:
     """Write latency percentiles of one interval, from the difference of Locust's cumulative histogram."""
 
@@ -169,7 +192,8 @@ class Sampler:
         self._landed, self._rejected = Counters(), Counters()
         self._process: psutil.Process | None = None
         self._previous: dict | None = None
-        self._last_reading: tuple[float, int] | None = None  # (t_s, rows landed) of the last answered scrape
+        self._written_rate = Rate(MIN_RATE_SPAN * interval)
+        self._landed_rate = Rate(MIN_RATE_SPAN * interval)  # fed by answered scrapes only: a skip is a gap
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -243,16 +267,11 @@ class Sampler:
                 s["journal_bytes"] = view.journal_bytes
         elif prev is not None:  # no answer this time (paused, restarting, stopped): the totals stand
             s.update(rows_landed=prev["rows_landed"], rejected=prev["rejected"])
-        if prev is not None and t > prev["t_s"]:
-            span = t - prev["t_s"]
-            s["written_per_s"] = round((s["lines_written"] - prev["lines_written"]) / span, 1)
-            reading = self._last_reading
-            if view is not None and reading is not None and t > reading[0]:
-                # Over the time since the last answered scrape: a skipped scrape is a gap, not a zero then a spike.
-                s["landed_per_s"] = round((s["rows_landed"] - reading[1]) / (t - reading[0]), 1)
-            s["blocked_s"] = round(max(0.0, writers.get("blocked_s", 0.0) - prev["_blocked_total"]), 3)
+        s["written_per_s"] = self._written_rate.add(t, s["lines_written"])
         if view is not None:
-            self._last_reading = (t, s["rows_landed"])
+            s["landed_per_s"] = self._landed_rate.add(t, s["rows_landed"])
+        if prev is not None:
+            s["blocked_s"] = round(max(0.0, writers.get("blocked_s", 0.0) - prev["_blocked_total"]), 3)
         self._previous = {**s, "_blocked_total": writers.get("blocked_s", 0.0)}
         return s
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from loadtests.corpus import load_corpus
 from loadtests.report import CHARTS, build, build_compare, figure, load_verdict, main
-from loadtests.timeline import COLUMNS, Counters, Latencies, Probes, Sampler, WriterTotals, pipe_fill, write_csv
+from loadtests.timeline import COLUMNS, Counters, Latencies, Probes, Rate, Sampler, WriterTotals, pipe_fill, write_csv
 from reference.collector.metrics import OTHER_REASON, reason_class
 from reference.collector.validate import parse_line
 from reference.fifo import PIPE_BUF
@@ -47,6 +47,32 @@ class TestLatencies:
                 assert (p50, p99, most) == (nearest_rank(values, 0.5), nearest_rank(values, 0.99), max(values))
             else:
                 assert (p50, p99, most) == (None, None, None)
+
+
+class TestRate:
+    """A rate is taken over at least its minimum span, so batch-sized steps make no spikes."""
+
+    def test_close_samples_do_not_spike(self):
+        """A commit of 10,000 rows seen 10 ms after the last sample is averaged over the last full second."""
+        rate = Rate(0.75)
+        assert rate.add(0.0, 0) is None
+        assert rate.add(1.0, 10_000) == 10_000
+        assert rate.add(1.01, 20_000) == pytest.approx(20_000 / 1.01, rel=0.01)
+        assert rate.add(2.0, 20_000) == 0  # since t=1.01, the newest reading at least 0.75 s old
+
+    @given(st.lists(st.tuples(st.floats(0.001, 2.0), st.integers(0, 10_000)), min_size=1, max_size=30))
+    def test_never_faster_than_the_steps_allow(self, steps):
+        """No rate exceeds the largest step divided by the minimum span."""
+        rate, t, total = Rate(0.75), 0.0, 0
+        rate.add(t, total)
+        biggest = max(n for _, n in steps)
+        for dt, n in steps:
+            t, total = t + dt, total + n
+            r = rate.add(t, total)
+            if r is not None:
+                assert r <= (total / 0.75) + 1e-6
+                assert r >= 0
+        assert biggest >= 0
 
 
 class TestCounters:
@@ -110,7 +136,7 @@ class TestSampler:
         started = time.monotonic()
         sampler = Sampler(Probes(fifo=str(tmp_path / "none"), writers=writers, response_times=dict,
                                  collector_pid=lambda: os.getpid(), metrics_url=None, journal=tmp_path,
-                                 marks=marks), started)
+                                 marks=marks), started, interval=0.04)
         first = sampler.sample()
         writers.workers["w1"] = {"sent": 500.0, "dropped": 3.0, "blocked_s": 0.25}
         marks.append((time.monotonic(), "start", "database outage"))
