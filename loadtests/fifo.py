@@ -54,6 +54,9 @@ def _on_init(environment, **_kw) -> None:
     global _run
     try:
         parse_size_mix(environment.parsed_options.size_mix)
+        if not getattr(environment.parsed_options, "timeline_interval", 1.0) > 0:
+            raise ValueError(f"--timeline-interval {environment.parsed_options.timeline_interval}: give the "
+                             "seconds between the timeline's samples, more than 0 (default 1)")
         _hostile_lines(environment.parsed_options)
     except ValueError as exc:
         log.error("%s", exc)

@@ -155,8 +155,7 @@ class Run:
                         response_times=lambda: self.environment.stats.total.response_times,
                         collector_pid=lambda: sut.collector.pid if sut.collector is not None and sut.collector.alive
                         else None, metrics_url=sut.metrics_url, journal=journal, marks=sut.marks)
-        interval = getattr(self.options, "timeline_interval", DEFAULT_INTERVAL_S)
-        return Sampler(probes, self.started, interval if interval > 0 else DEFAULT_INTERVAL_S)
+        return Sampler(probes, self.started, getattr(self.options, "timeline_interval", DEFAULT_INTERVAL_S))
 
     # -- counters ---------------------------------------------------------------------------------------------
     def receive_counts(self, msg, **_kw) -> None:
@@ -307,7 +306,9 @@ class Run:
                 progress.say("drain skipped (second signal)")
                 return last_change
             try:
-                now_counts = landed_count(self.database.dsn, self.run_id, self.since)
+                # In gevent's thread pool: a count over a million rows takes seconds, the timeline samples on.
+                now_counts = gevent.get_hub().threadpool.apply(landed_count, (self.database.dsn, self.run_id,
+                                                                              self.since))
             except psycopg2.Error as exc:  # the database is away for now: no progress, keep waiting
                 log.warning("drain: cannot count rows yet (%s)", str(exc).strip().splitlines()[0])
                 now_counts = last

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import logging
+import math
 import os
 import time
 import urllib.error
@@ -227,7 +228,9 @@ class Sampler:
         tick = 0
         while True:
             self._sample()
-            tick += 1
+            # The next tick of the clock still ahead: after a stall, missed ticks are skipped, not caught up on in
+            # a burst of samples milliseconds apart.
+            tick = max(tick + 1, math.ceil((time.monotonic() - self.started) / self.interval))
             gevent.sleep(max(0.0, self.started + tick * self.interval - time.monotonic()))
 
     def _sample(self) -> None:
@@ -239,12 +242,13 @@ class Sampler:
     def sample(self) -> dict:
         """One sample of everything, now."""
         p = self.probes
-        now = time.monotonic()
-        t = round(now - self.started, 3)
-        marks = self._new_marks()  # first: the probes below may take a while (a paused collector's scrape)
+        marks = self._new_marks()  # they carry their own times
+        # The scrape first: it yields to other greenlets and may come back late (a busy or paused collector, a
+        # master busy elsewhere); the sample's time and the other probes follow its answer.
+        view = scrape_metrics(p.metrics_url) if p.metrics_url else None
+        t = round(time.monotonic() - self.started, 3)
         writers = p.writers()
         writes, p50, p99, most = self._latencies.take(p.response_times())
-        view = scrape_metrics(p.metrics_url) if p.metrics_url else None
         fill = pipe_fill(p.fifo)
         rss, cpu = self._collector_usage()
         s: dict = {

@@ -16,6 +16,7 @@ import psycopg2.extensions
 import pytest
 from browser import headless_chromium, needs_browser
 from conftest import _on_server
+from harness import locust_path
 from test_scenarios import ROOT, run_scenario
 from test_web_ui import WebHarness
 
@@ -184,3 +185,13 @@ class TestWebCharts:
             assert f"PASS · run {verdict['run_id']}" in final
         finally:
             web.stop()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_a_bad_timeline_interval_is_refused(bad, dsn, tmp_path):
+    """A sampling interval that is not a positive number of seconds stops the run at once, saying so."""
+    proc = subprocess.run([locust_path(), "--config", "scenarios/steady.conf", "--timeline-interval", bad, "--dsn",
+                           dsn, "--report-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--timeline-interval {float(bad)}: give the seconds between the timeline's samples" in proc.stderr
+    assert not list(tmp_path.glob("*/verdict.json"))
