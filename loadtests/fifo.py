@@ -23,6 +23,7 @@ from loadtests.fifo_client import FifoClient, SourceCounts, WriteGate
 from loadtests.interrupt import Interrupt
 from loadtests.options import EXIT_CANNOT_START, add_options, parse_size_mix
 from loadtests.run import Run
+from loadtests.timeline import REPORT_KEY, writer_totals
 from reference.events import EventFactory
 from reference.fifo import PIPE_BUF
 from reference.sizes import parse_size
@@ -53,6 +54,9 @@ def _on_init(environment, **_kw) -> None:
     global _run
     try:
         parse_size_mix(environment.parsed_options.size_mix)
+        if not getattr(environment.parsed_options, "timeline_interval", 1.0) > 0:
+            raise ValueError(f"--timeline-interval {environment.parsed_options.timeline_interval}: give the "
+                             "seconds between the timeline's samples, more than 0 (default 1)")
         _hostile_lines(environment.parsed_options)
     except ValueError as exc:
         log.error("%s", exc)
@@ -67,12 +71,13 @@ def _on_init(environment, **_kw) -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         return
     _run = Run(environment, INTERRUPT)
+    _run.writers.local = COUNTS
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message("np_counts", _run.receive_counts)
     INTERRUPT.install(functools.partial(_stop_like_run_time, environment))
     _run.prepare()
     if environment.web_ui is not None:
-        webui.install(environment.web_ui, _run.web_rows, _run.web_verdict, _run.finishing)
+        webui.install(environment.web_ui, _run.web_rows, _run.web_verdict, _run.finishing, _run.web_charts)
 
 
 def _stop_like_run_time(environment) -> None:
@@ -116,6 +121,18 @@ def _on_np_stop(environment, msg, **_kw) -> None:
 def _send_counts(environment) -> None:
     """Worker: this process's counters to the master."""
     environment.runner.send_message("np_counts", {src: c.as_dict() for src, c in COUNTS.items()})
+
+
+@events.report_to_master.add_listener
+def _on_report_to_master(client_id, data, **_kw) -> None:
+    """Worker: this process's counters ride along with Locust's periodic report (the master's timeline)."""
+    data[REPORT_KEY] = writer_totals(COUNTS)
+
+
+@events.worker_report.add_listener
+def _on_worker_report(client_id, data, **_kw) -> None:
+    if _run is not None:
+        _run.writers.worker_report(client_id, data)
 
 
 @events.test_start.add_listener

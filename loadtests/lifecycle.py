@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,13 +27,7 @@ COLLECTOR_READY_TIMEOUT_S = 30.0
 # After a second signal the collector gets this long to flush what it holds before SIGKILL: the user asked to
 # stop now, but a collector killed mid-COPY would turn lines it had already read into "lost".
 COLLECTOR_HURRY_TIMEOUT_S = 5.0
-
 __all__ = ["CollectorError", "HarnessCollector", "SystemUnderTest", "has_reader"]
-
-
-def collector_argv(template: str, fifo: str, dsn: str, journal: str) -> list[str]:
-    """The collector's argument list from a template with {fifo}, {dsn}, {journal} and {python}."""
-    return [part.format(fifo=fifo, dsn=dsn, python=sys.executable, journal=journal) for part in shlex.split(template)]
 
 
 class HarnessCollector(CollectorProcess):
@@ -50,6 +42,7 @@ class HarnessCollector(CollectorProcess):
         except (OSError, ValueError) as exc:
             raise CollectorError(f"cannot prepare the {self.adapter.name} collector: {exc}") from None
         super().__init__(launch.argv, fifo, log_path, shown=launch.shown, env=launch.env)
+        self.metrics_url = launch.metrics_url  # the collector's own counters, for the timeline
         self.readiness = getattr(options, "ready", "") or self.adapter.readiness
         self.ready_timeout = getattr(options, "ready_timeout", None) or COLLECTOR_READY_TIMEOUT_S
         self.restarts = 0
@@ -89,6 +82,8 @@ class SystemUnderTest:
         self.watch: CollectorWatch | None = None  # the adapter's counters, the stop policy, the collector's report
         self._faults: list[gevent.Greenlet] = []
         self.fault_log: list[str] = []
+        # (monotonic time, "start" | "end" | "at", what): the timeline's fault markers.
+        self.marks: list[tuple[float, str, str]] = []
 
     def start(self) -> None:
         """Create the FIFO and start the collector (unless an external one reads it)."""
@@ -109,6 +104,11 @@ class SystemUnderTest:
         self.collector.start()
         self.watch.begin()
 
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the collector serves its Prometheus metrics, None when it serves none (or is not ours)."""
+        return self.collector.metrics_url if self.collector is not None else None
+
     def schedule_faults(self, started: float) -> None:
         """Start greenlets that inject the faults the options ask for, at seconds from started."""
         o = self.options
@@ -124,27 +124,28 @@ class SystemUnderTest:
     def _at(self, started: float, second: float, action, *args) -> None:
         self._faults.append(gevent.spawn_later(max(0.0, started + second - time.monotonic()), action, *args))
 
-    def _note(self, text: str) -> None:
+    def _note(self, text: str, edge: str = "at", fault: str = "") -> None:
         log.warning("fault: %s", text)
         self.fault_log.append(text)
+        self.marks.append((time.monotonic(), edge, fault or text))
 
     def _pause(self, seconds: float) -> None:
         if self.collector is None:
             self._external(f"collector paused for {seconds} s", "pause", seconds, "resume")
             return
-        self._note(f"collector paused (SIGSTOP) for {seconds} s")
+        self._note(f"collector paused (SIGSTOP) for {seconds} s", "start", "collector paused")
         self.collector.signal(signal.SIGSTOP)
         try:
             gevent.sleep(seconds)
         finally:
             self.collector.signal(signal.SIGCONT)
-            self._note("collector resumed (SIGCONT)")
+            self._note("collector resumed (SIGCONT)", "end", "collector paused")
 
     def _kill(self) -> None:
         if self.collector is None:
             self._external("collector killed and restarted", "kill")
             return
-        self._note("collector killed (SIGKILL) and restarted")
+        self._note("collector killed (SIGKILL) and restarted", "at", "collector killed")
         self.collector.kill_and_restart()
 
     def _restart(self, gap: float) -> None:
@@ -153,23 +154,23 @@ class SystemUnderTest:
             return
         status, queued = self.watch.stop_for_fault() if self.watch is not None else (self.collector.stop(), None)
         cost = f", {queued} lines still queued in it" if queued else ""
-        self._note(f"collector stopped (SIGTERM, exit {status}{cost}); no reader for {gap} s")
+        self._note(f"collector stopped (SIGTERM, exit {status}{cost}); no reader for {gap} s", "start", "no reader")
         gevent.sleep(gap)
         self.collector.restarts += 1
         self.collector.start()
-        self._note("collector started again")
+        self._note("collector started again", "end", "no reader")
 
     def _outage(self, seconds: float) -> None:
         if self.database.embedded is None:
             self._note("database outage skipped: only the embedded database can be stopped by the harness")
             return
-        self._note(f"database stopped for {seconds} s")
+        self._note(f"database stopped for {seconds} s", "start", "database outage")
         self.database.embedded.stop()
         try:
             gevent.sleep(seconds)
         finally:  # also when the run ends during the outage: the verdict needs the database
             self.database.start()
-            self._note("database started again")
+            self._note("database started again", "end", "database outage")
 
     def _external(self, what: str, action: str, seconds: float = 0, then: str = "") -> None:
         """A fault on a collector the harness did not start: --fault-cmd performs it."""

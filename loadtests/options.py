@@ -104,6 +104,8 @@ def add_options(parser) -> None:
     option("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S,
            help="seconds to wait after the users stop for every sent line to land")
     option("--report-dir", default="reports", help="folder for the verdict JSON and Locust's HTML report")
+    option("--timeline-interval", type=float, default=1.0,
+           help="seconds between the timeline's samples of the pipeline (verdict.json, timeline.csv, report.html)")
     option("--keep-runs", type=int, default=DEFAULT_KEEP_RUNS,
            help="keep the rows of this many most recent runs in the database; older runs' rows are deleted after "
                 "each verdict; 0: keep everything")

@@ -23,9 +23,13 @@ from loadtests.lifecycle import CollectorError, SystemUnderTest
 from loadtests.options import EXIT_CANNOT_START, EXIT_FAIL, EXIT_INTERRUPTED, HARNESS_OPTIONS, WEB_EDITABLE
 from loadtests.progress import DrainProgress, locust_tables_muted
 from loadtests.provenance import recorded_options, utc_now, versions
+from loadtests.report import build as build_report
+from loadtests.report import write_html
 from loadtests.retention import record_and_prune
+from loadtests.timeline import DEFAULT_INTERVAL_S, Probes, Sampler, WriterTotals, write_csv
 from loadtests.verdict import Latency, Verdict, check, render, write_report
 from loadtests.verify import connect, landed_count, verify_run
+from loadtests.webui import CHARTS_PATH
 from reference.schema import apply_schema
 
 log = logging.getLogger("namedpiper")
@@ -37,6 +41,8 @@ DRAIN_POLL_S = 0.25
 DRAIN_QUIET_S = DEFAULT_DRAIN_QUIET_S
 # Workers get this long to stop their users and send their counters to the master.
 WORKER_COUNTS_TIMEOUT_S = 30.0
+# The web UI's charts page of a run under way reloads itself this often (a sample comes every second).
+LIVE_CHARTS_REFRESH_S = 5
 
 
 class Run:
@@ -62,6 +68,8 @@ class Run:
         self.drain_skipped = False
         self.preparing = False  # inside prepare(): a signal is handled there
         self.prepared = False  # a headless run set up at init, waiting for its test start
+        self.writers = WriterTotals()  # the users' counters while the run goes (the timeline's writes)
+        self.sampler: Sampler | None = None
         self._closing = False
         self._closed = gevent.event.Event()
 
@@ -118,6 +126,8 @@ class Run:
         self.started = time.monotonic()
         if self.sut is not None:
             self.sut.schedule_faults(self.started)
+            self.sampler = self._sampler(self.sut)
+            self.sampler.start()
         self.phase = f"run {self.run_id}: load"
 
     def _start_or_explain(self, quit_on_error: bool = True) -> bool:
@@ -160,12 +170,22 @@ class Run:
         if not getattr(self.options, "html_file", None):
             live.html_file = str(self.run_dir / "locust.html")
         self.worker_counts = {}
+        self.writers.reset()
         self.sut = SystemUnderTest(o, self.run_dir, self.database)
         self.sut.start()
         live.np_run_id = self.run_id
         live.np_fifo = self.sut.fifo
         self.started = time.monotonic()  # again at _begin(), when the users start
         log.info("run %s: writing %s; reports in %s", self.run_id, self.sut.fifo, self.run_dir)
+
+    def _sampler(self, sut: SystemUnderTest) -> Sampler:
+        """The timeline's sampler of this run."""
+        journal = self.run_dir / "journal"
+        probes = Probes(fifo=sut.fifo, writers=self.writers,
+                        response_times=lambda: self.environment.stats.total.response_times,
+                        collector_pid=lambda: sut.collector.pid if sut.collector is not None and sut.collector.alive
+                        else None, metrics_url=sut.metrics_url, journal=journal, marks=sut.marks)
+        return Sampler(probes, self.started, getattr(self.options, "timeline_interval", DEFAULT_INTERVAL_S))
 
     # -- counters ---------------------------------------------------------------------------------------------
     def receive_counts(self, msg, **_kw) -> None:
@@ -201,10 +221,15 @@ class Run:
             if self.sut is not None:
                 self.sut.stop(hurry=True)
             self.sut = None
+            if self.sampler is not None:
+                self.sampler.stop()
 
     def _finish(self, sut: SystemUnderTest) -> None:
         users_stopped = time.monotonic()
         sut.cancel_faults()  # faults belong to the load: none may hit the drain
+        sampler = self.sampler
+        if sampler is not None:
+            sampler.phase = "drain"
         self._gather_worker_counts()
         counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
         sent = sum(c.sent for c in counts.values())
@@ -212,12 +237,19 @@ class Run:
         adapter = sut.collector.adapter if sut.collector is not None else None
         landed_at = self._drain(sent, self.progress, drain_quiet_s(self.options, adapter))
         self.progress.say("stopping the collector")
+        if sampler is not None:
+            sampler.sample_now()
         collector_exit = sut.stop(hurry=self.interrupt.hurry.is_set())
         self.sut = None
         self.progress.say("verifying")
-        sources, totals = verify_run(self.database.dsn, self.run_id, self.since, counts)
+        if sampler is not None:
+            sampler.phase = "verify"
+        # In a thread of gevent's pool: the queries take seconds on a big run, and the timeline keeps sampling.
+        sources, totals = gevent.get_hub().threadpool.apply(verify_run, (self.database.dsn, self.run_id, self.since,
+                                                                         counts))
         collector_report = sut.watch.finish(self.database.dsn, self.run_id, sources, totals.bad_sent) \
             if sut.watch is not None else None
+        timeline = sampler.stop(totals.landed, totals.rejected) if sampler is not None else []
         stats = self.environment.stats.total
         lasted = max(1e-6, landed_at - self.started)
         collector = sut.collector
@@ -237,10 +269,12 @@ class Run:
             started_at=self.started_at, ended_at=utc_now(),
             options=recorded_options(self.options, HARNESS_OPTIONS),
             versions=versions(self.server_version),
+            timeline=timeline, fault_spans=sampler.spans if sampler is not None else [],
         )
         verdict.expectations = check(verdict, self.options)
         self._write_html()
         report = write_report(verdict, self.run_dir)
+        self._write_charts(verdict)
         self.verdict = verdict
         self.environment.process_exit_code = verdict.exit_code
         _say(render(verdict))
@@ -256,6 +290,14 @@ class Run:
                                                       encoding="utf-8")
         except (OSError, ValueError, KeyError) as exc:
             log.warning("run %s: no locust.html written: %s", self.run_id, exc)
+
+    def _write_charts(self, verdict: Verdict) -> None:
+        """timeline.csv and report.html beside verdict.json (a failure here costs the charts, not the verdict)."""
+        try:
+            write_csv(verdict.timeline, self.run_dir / "timeline.csv")
+            write_html(verdict.as_dict(), self.run_dir / "report.html")
+        except (OSError, ValueError) as exc:
+            log.warning("run %s: no timeline.csv or report.html written: %s", self.run_id, exc)
 
     def _prune(self, verdict: Verdict) -> None:
         """Delete the rows of runs beyond --keep-runs (after the verdict: never the rows being judged)."""
@@ -297,7 +339,9 @@ class Run:
                 progress.say("drain skipped (second signal)")
                 return last_change
             try:
-                now_counts = landed_count(self.database.dsn, self.run_id, self.since)
+                # In gevent's thread pool: a count over a million rows takes seconds, the timeline samples on.
+                now_counts = gevent.get_hub().threadpool.apply(landed_count, (self.database.dsn, self.run_id,
+                                                                              self.since))
             except psycopg2.Error as exc:  # the database is away for now: no progress, keep waiting
                 log.warning("drain: cannot count rows yet (%s)", str(exc).strip().splitlines()[0])
                 now_counts = last
@@ -347,7 +391,9 @@ class Run:
         status = self.phase
         if self.progress is not None and self.finisher is not None and not self.finisher.dead:
             status = self.progress.latest or status
-        rows = [{"item": "status", "threshold": "", "observed": status, "result": ""}]
+        rows = [{"item": "status", "threshold": "", "observed": status, "result": ""},
+                {"item": "charts", "threshold": "", "observed": f"open {CHARTS_PATH} (this run's timeline)",
+                 "result": ""}]
         v = self.verdict
         if v is None or v.run_id != self.run_id:
             return rows
@@ -359,6 +405,17 @@ class Run:
                     for s in v.sources)
         rows.append({"item": "report", "threshold": "", "observed": str(self.run_dir), "result": ""})
         return rows
+
+    def web_charts(self) -> str:
+        """The web UI's charts page: the last verdict's report, or the current run's timeline so far."""
+        v = self.verdict
+        if v is not None and v.run_id == self.run_id:
+            return build_report(v.as_dict())
+        sampler = self.sampler
+        live = {"run_id": self.run_id, "scenario": _scenario_name(self.options), "status": self.phase,
+                "timeline": list(sampler.samples) if sampler is not None else [],
+                "fault_spans": list(sampler.spans) if sampler is not None else []}
+        return build_report(live, refresh_s=LIVE_CHARTS_REFRESH_S)
 
     def finishing(self) -> bool:
         """Whether a stopped run is still draining, verifying or writing its verdict."""

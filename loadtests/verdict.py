@@ -83,6 +83,9 @@ class Verdict:
     ended_at: str = ""
     options: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    # One sample of the pipeline per interval (loadtests/timeline.py), and the faults' spans in its seconds.
+    timeline: list[dict] = field(default_factory=list)
+    fault_spans: list[dict] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:

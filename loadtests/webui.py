@@ -18,12 +18,14 @@ TAB_KEY = "namedpiper"
 TAB_COLUMNS = [("item", "item"), ("threshold", "expected"), ("observed", "observed"), ("result", "result")]
 # Locust's POST /user sets attributes of the user class: nothing a browser needs for this harness.
 REFUSED_POSTS = ("/user",)
+# The current run's report.html, charts included (while it runs: the timeline so far, reloading itself).
+CHARTS_PATH = "/namedpiper/charts"
 
 
-def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict], finishing: Callable[[], bool]
-            ) -> None:
+def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict], finishing: Callable[[], bool],
+            charts: Callable[[], str] | None = None) -> None:
     """Guard the API and add the verdict tab; rows() gives the tab's table, verdict() the JSON at /namedpiper,
-    finishing() whether a stopped run is still draining or verifying."""
+    finishing() whether a stopped run is still draining or verifying, charts() the page at CHARTS_PATH."""
     app = web_ui.app
 
     @app.before_request
@@ -63,3 +65,9 @@ def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict],
     @web_ui.auth_required_if_enabled
     def _verdict() -> Response:
         return jsonify(verdict())
+
+    if charts is not None:
+        @app.route(CHARTS_PATH)
+        @web_ui.auth_required_if_enabled
+        def _charts() -> Response:
+            return Response(charts(), mimetype="text/html")

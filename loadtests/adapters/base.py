@@ -25,6 +25,8 @@ class Launch:
     shown: str
     # Files that hold the collector's secrets or state, kept in the run's folder (for the report's reader).
     files: dict[str, str] = field(default_factory=dict)
+    # Where the collector serves Prometheus metrics, which the timeline scrapes (None: it serves none).
+    metrics_url: str | None = None
 
 
 @dataclass

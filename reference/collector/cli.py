@@ -28,6 +28,7 @@ from reference.collector.credentials import (
 )
 from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
 from reference.collector.loader import DatabaseConfigError
+from reference.collector.metrics import DEFAULT_METRICS_HOST, serve
 from reference.collector.pipeline import build_collector
 from reference.collector.stop import StopRequest
 from reference.collector.writer import STOP_GRACE_S
@@ -45,6 +46,7 @@ NO_DSN_MESSAGE = (f"error: no database given: pass --dsn, set {DSN_ENV}, or set 
 # --journal-max-bytes holds at least this many of the longest lines: an unfinished line plus a quarter-limit
 # segment then never fill the journal, so loading can always free room.
 JOURNAL_LINES_HELD = 4
+MAX_PORT = 65535
 
 
 def build_parser() -> configargparse.ArgumentParser:
@@ -90,6 +92,11 @@ def build_parser() -> configargparse.ArgumentParser:
     option("--stop-timeout", dest="stop_grace", type=float, default=STOP_GRACE_S,
            help="seconds a stop waits for a database that cannot take the lines read; then they are given up and "
                 f"counted (exit status 4), or with --journal left there (default {STOP_GRACE_S:g})")
+    option("--metrics-port", type=int, default=0,
+           help="serve Prometheus metrics at http://HOST:PORT/metrics (default 0: off)")
+    option("--metrics-host", default=DEFAULT_METRICS_HOST,
+           help=f"address the metrics endpoint binds (default {DEFAULT_METRICS_HOST}; it needs no password, so "
+                "expose it only where everyone may read the collector's counters)")
     option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
@@ -128,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
         print(NO_DSN_MESSAGE, file=sys.stderr)
         return 2
+    if not 0 <= args.metrics_port <= MAX_PORT:
+        print(f"error: --metrics-port {args.metrics_port}: give a TCP port from 1 to {MAX_PORT}, or 0 for no "
+              "metrics", file=sys.stderr)
+        return 2
     if args.fsync and not args.journal:
         print("error: --fsync needs --journal DIR", file=sys.stderr)
         return 2
@@ -135,7 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop.request)
     signal.signal(signal.SIGINT, stop.request)
     try:
-        return build_collector(config, stop).run()
+        collector = build_collector(config, stop)
+    except (NotAFifoError, FifoPathError, JournalError, DatabaseConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.metrics_port:
+        try:
+            serve(collector, args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            collector.source.close()
+            collector.sink.abort()
+            print(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}; pick "
+                  "another --metrics-port, or 0 for none", file=sys.stderr)
+            return 2
+    try:
+        return collector.run()
     except (NotAFifoError, FifoPathError, JournalError, DatabaseConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

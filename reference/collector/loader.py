@@ -91,6 +91,7 @@ class Loader:
         self.conn: psycopg2.extensions.connection | None = None
         self._schema_ready = False  # the schema was applied on self.conn
         self._ever_connected = False
+        self.in_trouble = False  # between a failed attempt and the next success (the metrics' database_up)
 
     def describe(self) -> str:
         """The DSN without its password."""
@@ -152,6 +153,7 @@ class Loader:
                 result = operation(self._session())
             except (psycopg2.Error, _ConnectFailed) as exc:
                 connecting = isinstance(exc, _ConnectFailed)
+                self.in_trouble = True
                 failure = self._judge(exc.error if isinstance(exc, _ConnectFailed) else exc, connecting)
                 if (failure.kind, connecting) != state:
                     self._log_trouble(failure, connecting)
@@ -159,6 +161,7 @@ class Loader:
                 if not self.backoff.wait(give_up):
                     raise Abandoned from None
                 continue
+            self.in_trouble = False
             if state is not None:
                 what = "reachable" if state[0] is Kind.CONNECTION else "taking batches"
                 log.warning("database %s again after %.1f s", what, time.monotonic() - since)

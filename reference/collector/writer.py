@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 
 from reference.collector.loader import Abandoned, DatabaseConfigError, DatabaseRefused, Loader
 from reference.collector.model import Batch
@@ -48,6 +50,8 @@ class CopySink:
         self._closing = threading.Event()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_BATCHES)
         self._error: BaseException | None = None
+        # Told (batch, rejected lines committed, seconds) after each commit, in the writer thread: the metrics.
+        self.on_commit: Callable[[Batch, int, float], None] | None = None
         self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
         self._thread.start()
 
@@ -158,7 +162,10 @@ class CopySink:
                 batch = self._queue.get()
                 if not isinstance(batch, Batch):
                     return
+                began = time.monotonic()
                 result = self.loader.load(batch, give_up=self._give_up)
+                if self.on_commit is not None:
+                    self.on_commit(batch, result.rejected, time.monotonic() - began)
                 self.counters.rows_written += result.rows
                 self.counters.rejected += result.rejected
                 self.counters.batches += 1
