@@ -78,7 +78,8 @@ class TestTimeline:
         # Nothing lands and nothing more is written while the collector is stopped: the pipe stays full.
         assert all(s["landed_per_s"] in (0, None) for s in paused)
         assert len({s["lines_written"] for s in paused}) == 1
-        assert all(s["pipe_bytes"] > 0 for s in paused)
+        # Measured (a FIFO briefly unopenable is None: seen once on the shared test machine), the pipe holds bytes.
+        assert all(s["pipe_bytes"] > 0 for s in paused if s["pipe_bytes"] is not None)
         assert all(s["collector_cpu_percent"] in (0, None) for s in paused[1:])
 
     def test_csv_has_every_sample(self, run):

@@ -278,3 +278,18 @@ class TestReasonClasses:
         assert c.add(5, instance=100.0) == 5
         assert c.add(5, instance=200.0) == 10
         assert c.add(7, instance=200.0) == 12
+
+
+class TestFinalSample:
+    """The verification's counts close the timeline without inventing a rate."""
+
+    def test_no_rate_for_the_verified_total(self, tmp_path):
+        """Rows no scrape saw (a killed collector's last commits) do not show as a spike at the end."""
+        sampler = Sampler(Probes(fifo=str(tmp_path / "none"), writers=WriterTotals(), response_times=dict,
+                                 collector_pid=lambda: None, metrics_url=None, journal=None, marks=[]),
+                          time.monotonic(), interval=0.05)
+        sampler.start()
+        gevent.sleep(0.12)
+        last = sampler.stop(landed=1_000_000, rejected=0)[-1]
+        assert last["rows_landed"] == 1_000_000
+        assert last["landed_per_s"] is None
