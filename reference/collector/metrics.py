@@ -31,7 +31,7 @@ REASON_CLASSES = (
     ("too_long", re.compile(r"exceeds --max-line-bytes")),
     ("framing", re.compile(r"^unfinished line|^fragment of|ends with CR")),
     ("database", re.compile(r"^PostgreSQL rejected")),
-    ("json", re.compile(r"invalid JSON|blank line|appears twice")),
+    ("json", re.compile(r"invalid JSON|blank line|appears twice|nested \d+ levels deep")),
     ("schema", re.compile(r"field|expected a JSON object")),
 )
 OTHER_REASON = "other"
