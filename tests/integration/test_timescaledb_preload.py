@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from loadtests.database import EmbeddedPostgres, _embedded_module
+from loadtests.database import EmbeddedPostgres, _embedded_module, postgres_bin_path
 from reference.schema import timescaledb_preloaded
 
 RUN_PREDICATE = "data->'_np'->>'run' = %s"
@@ -23,7 +23,7 @@ REFUSAL_TIMEOUT_S = 30.0
 
 
 def _extension_installed() -> bool:
-    bin_path = _embedded_module("_commands").POSTGRES_BIN_PATH
+    bin_path = postgres_bin_path()
     return any((bin_path.parent / "share").glob("**/extension/timescaledb.control"))
 
 
