@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from reference.fifo import bytes_waiting
+from loadtests.timeline import pipe_fill
 
 log = logging.getLogger("namedpiper")
 
@@ -17,24 +15,6 @@ log = logging.getLogger("namedpiper")
 PROGRESS_INTERVAL_S = 2.0
 # Locust prints its periodic stats tables through this logger; they repeat unchanged once the users stopped.
 LOCUST_STATS_LOGGER = "locust.stats_logger"
-
-
-def bytes_in_pipe(fifo: str) -> int | None:
-    """Unread bytes in the FIFO, None when nothing reads it (or it is gone).
-
-    Opens the write end for a moment, never writes: a read end of ours could hide a dead collector's EOF from
-    nobody, but it would make the harness a reader; a write end held this briefly changes nothing for the reader.
-    """
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ENXIO, errno.ENOENT):
-            return None
-        raise
-    try:
-        return bytes_waiting(fd)
-    finally:
-        os.close(fd)
 
 
 class _Mute(logging.Filter):
@@ -73,7 +53,8 @@ class DrainProgress:
         rate = 0.0
         if self._last_landed is not None and now > self._last_at:
             rate = (landed - self._last_landed) / (now - self._last_at)
-        pending = bytes_in_pipe(self.fifo) if self.fifo else None
+        fill = pipe_fill(self.fifo) if self.fifo else None
+        pending = fill[0] if fill is not None else None
         in_pipe = "no reader on the pipe" if pending is None else f"{pending} bytes still in the pipe"
         share = f" ({100 * landed / self.sent:.1f}%)" if self.sent else ""
         return (f"namedpiper: draining run {self.run_id}: {landed} of {self.sent} rows landed{share}, "

@@ -237,3 +237,18 @@ def wait_for_rows() -> Callable[..., int]:
     Polls SELECT count(*) FROM table WHERE predicate_sql until it equals expected; fails with the last count.
     """
     return wait_until_rows
+
+
+@pytest.fixture
+def private_database() -> Iterator[Database]:
+    """An embedded PostgreSQL of this test's own, which the test may stop and start (a database outage)."""
+    folder = tempfile.mkdtemp(prefix="namedpiper-private-db-")
+    db = Database(data_dir=Path(folder) / "pgdata")
+    if db.embedded is None:
+        pytest.skip("a database outage needs the embedded PostgreSQL (NAMEDPIPER_DSN / PG* point elsewhere)")
+    db.start()
+    with psycopg2.connect(db.dsn) as conn:
+        apply_schema(conn)
+    yield db
+    db.embedded.stop()
+    shutil.rmtree(folder, ignore_errors=True)

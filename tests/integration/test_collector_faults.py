@@ -27,7 +27,6 @@ from psycopg2 import sql
 
 from loadtests.database import Database
 from reference.collector.pgerrors import Kind, classify
-from reference.schema import apply_schema
 
 log = logging.getLogger(__name__)
 
@@ -381,20 +380,6 @@ class PeakRss:
         self._thread.join()
         return self.peak
 
-
-@pytest.fixture
-def private_database() -> Iterator[Database]:
-    """An embedded PostgreSQL of this test's own, which the test may stop and start."""
-    folder = tempfile.mkdtemp(prefix="namedpiper-faults-")
-    db = Database(data_dir=Path(folder) / "pgdata")
-    if db.embedded is None:
-        pytest.skip("a database outage needs the embedded PostgreSQL (NAMEDPIPER_DSN / PG* point elsewhere)")
-    db.start()
-    with psycopg2.connect(db.dsn) as conn:
-        apply_schema(conn)
-    yield db
-    db.embedded.stop()
-    subprocess.run(["rm", "-rf", folder], check=False)
 
 
 class TestRejectionFlood:

@@ -6,7 +6,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,10 +13,6 @@ from pathlib import Path
 import orjson
 import psycopg2
 import psycopg2.extensions
-import pytest
-
-from loadtests.database import Database
-from reference.schema import apply_schema
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +111,6 @@ class TestCrash:
         assert handle.alive
         assert "reconnecting" in handle.log()
 
-
-@pytest.fixture
-def private_database():
-    """An embedded PostgreSQL of this test's own, which the test may stop and start."""
-    folder = tempfile.mkdtemp(prefix="namedpiper-outage-")
-    db = Database(data_dir=Path(folder) / "pgdata")
-    if db.embedded is None:
-        pytest.skip("a database outage needs the embedded PostgreSQL (NAMEDPIPER_DSN / PG* point elsewhere)")
-    db.start()
-    with psycopg2.connect(db.dsn) as conn:
-        apply_schema(conn)
-    yield db
-    db.embedded.stop()
-    subprocess.run(["rm", "-rf", folder], check=False)
 
 
 class TestDatabaseOutage:

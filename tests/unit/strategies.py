@@ -10,6 +10,17 @@ from hypothesis import strategies as st
 
 from reference.contract import COLUMNS
 
+# One valid event's text fields, the base that unit tests change one field of.
+GOOD_FIELDS = {
+    "time": "2026-11-28T05:30:00.123456+00:00",
+    "application_name": "WebApp",
+    "environment_name": "production",
+    "log_event": "login",
+    "trace_id": "6daea6a5-5028-4c3e-b347-41cf75916ff9",
+    "file_path": "/usr/src/app/login.py",
+    "host_ip": "192.168.1.7",
+}
+
 # Every plane, but no NUL (PostgreSQL text and jsonb refuse it) and no lone surrogate (not encodable as UTF-8).
 TEXT_CHARS = st.characters(codec="utf-8", exclude_characters="\x00")
 texts = st.text(TEXT_CHARS, min_size=1, max_size=40)

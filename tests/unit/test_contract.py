@@ -6,19 +6,12 @@ import logging
 
 import orjson
 import pytest
+from strategies import GOOD_FIELDS
 
 from reference.collector import validate
 from reference.collector.validate import parse_line
 
-GOOD = {
-    "time": "2026-11-28T05:30:00.123456+00:00",
-    "application_name": "WebApp",
-    "environment_name": "production",
-    "log_event": "login",
-    "trace_id": "6daea6a5-5028-4c3e-b347-41cf75916ff9",
-    "file_path": "/usr/src/app/login.py",
-    "host_ip": "192.168.1.7",
-}
+GOOD = GOOD_FIELDS
 
 
 def line(data: bytes = b'{"user":"Ann"}', **changes: str) -> bytes:

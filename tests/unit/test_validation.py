@@ -6,6 +6,7 @@ import re
 
 import orjson
 import pytest
+from strategies import GOOD_FIELDS
 
 from reference.collector.validate import COLUMNS, TEXT_FIELDS, Invalid, Rejection, parse_event, parse_line
 
@@ -34,13 +35,7 @@ def decode_row(row: bytes) -> list[str | None]:
 def event(**changes: object) -> dict:
     """A valid event, with some fields replaced."""
     base = {
-        "time": "2026-11-28T05:30:00.123456+00:00",
-        "application_name": "WebApp",
-        "environment_name": "production",
-        "log_event": "login",
-        "trace_id": "6daea6a5-5028-4c3e-b347-41cf75916ff9",
-        "file_path": "/usr/src/app/login.py",
-        "host_ip": "192.168.1.7",
+        **GOOD_FIELDS,
         "data": {"user": "Ann", "age": 33, "_np": {"run": "r1", "src": "w0", "seq": 1}},
     }
     base.update(changes)
