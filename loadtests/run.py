@@ -418,8 +418,9 @@ class Run:
         return build_report(live, refresh_s=LIVE_CHARTS_REFRESH_S)
 
     def finishing(self) -> bool:
-        """Whether a stopped run is still draining, verifying or writing its verdict."""
-        return self.finisher is not None and not self.finisher.dead
+        """Whether a stopped run is still draining, verifying or writing its verdict (or about to: Locust reports
+        "stopped" before its test_stop listeners ran, and the run holds its system under test until the drain)."""
+        return self.sut is not None or (self.finisher is not None and not self.finisher.dead)
 
     def web_verdict(self) -> dict:
         """GET /namedpiper: the phase and the last verdict as JSON."""
