@@ -100,6 +100,15 @@ class TestScenarios:
         assert_passed(code, output, v)
         assert v["totals"]["landed"] == v["totals"]["sent"] > 100
 
+    def test_stop_race_lands_every_write_that_succeeded(self, dsn, tmp_path):
+        """stop_race: open-write-close writers racing a SIGTERM lose no write that succeeded."""
+        code, output, v = run_scenario("stop_race", dsn, tmp_path, "--run-time", "8s",
+                                       "--restart-collector-at", "2", "--restart-gap", "2")
+        assert_passed(code, output, v)
+        assert any("SIGTERM" in f for f in v["faults"]), v["faults"]
+        assert v["totals"]["lost"] == 0
+        assert v["totals"]["landed"] == v["totals"]["sent"] > 100
+
 
 class TestVerdictFails:
     def test_an_unmet_expectation_fails_the_run(self, dsn, tmp_path):
