@@ -110,6 +110,21 @@ class TestScenarios:
         assert v["totals"]["landed"] == v["totals"]["sent"] > 100
 
 
+    def test_statement_timeout_retries_without_a_reconnect_storm(self, dsn, tmp_path):
+        """statement_timeout: a 1 ms role timeout costs a handful of sessions, and every line lands once after it."""
+        code, output, v = run_scenario("statement_timeout", dsn, tmp_path, "--run-time", "8s",
+                                       "--statement-timeout-at", "2", "--statement-timeout-for", "3")
+        assert_passed(code, output, v)
+        t = v["totals"]
+        assert t["lost"] == t["duplicated"] == 0
+        assert t["landed"] == t["sent"] > 100
+        end = [f for f in v["faults"] if "distinct collector sessions" in f]
+        assert end, v["faults"]
+        sessions = int(end[0].split("; ")[1].split()[0])
+        assert 1 <= sessions <= 10, end[0]
+        assert "57014" in (tmp_path / v["run_id"] / "collector.log").read_text()  # the timeout did cancel COPYs
+
+
 class TestVerdictFails:
     def test_an_unmet_expectation_fails_the_run(self, dsn, tmp_path):
         """An expectation the run cannot meet gives a non-zero exit code and names itself."""
