@@ -18,12 +18,22 @@ from loadtests.adapters.reference import Reference
 from loadtests.adapters.stopping import CollectorWatch, external_fault, refuse_unperformable_faults
 from loadtests.collector_process import CollectorError, CollectorProcess, has_reader
 from loadtests.database import Database
+from loadtests.statement_timeout import (
+    FAULT_TIMEOUT,
+    collector_sessions,
+    prepare_role,
+    set_timeout,
+    terminate_sessions,
+)
 from reference.fifo import ensure_fifo
 
 log = logging.getLogger(__name__)
 
 # A collector gets this long to open the FIFO after it starts (the reference one needs ~0.5 s).
 COLLECTOR_READY_TIMEOUT_S = 30.0
+# While the statement timeout is on, the collector's sessions are listed this often (a reconnect storm shows as
+# many pids; a session lives at least one backoff step, 0.1 s).
+SESSION_POLL_S = 0.1
 # After a second signal the collector gets this long to flush what it holds before SIGKILL: the user asked to
 # stop now, but a collector killed mid-COPY would turn lines it had already read into "lost".
 COLLECTOR_HURRY_TIMEOUT_S = 5.0
@@ -98,11 +108,19 @@ class SystemUnderTest:
             if not has_reader(self.fifo):
                 log.warning("--collector-cmd none: nothing reads %s yet; users wait for a reader", self.fifo)
             return
-        self.collector = HarnessCollector(template, self.fifo, self.database.dsn, self.run_dir / "collector.log",
+        dsn = self.database.dsn
+        if self._wants_statement_timeout():
+            # A role of its own: ALTER ROLE on the harness's role would cancel the harness's verification too.
+            dsn = prepare_role(self.database.dsn)
+        self.collector = HarnessCollector(template, self.fifo, dsn, self.run_dir / "collector.log",
                                           adapter=adapter, options=self.options)
         self.watch = CollectorWatch(self.collector)
         self.collector.start()
         self.watch.begin()
+
+    def _wants_statement_timeout(self) -> bool:
+        o = self.options
+        return getattr(o, "statement_timeout_at", -1) >= 0 and getattr(o, "statement_timeout_for", 0) > 0
 
     @property
     def metrics_url(self) -> str | None:
@@ -120,6 +138,8 @@ class SystemUnderTest:
             self._at(started, o.restart_collector_at, self._restart, o.restart_gap)
         if o.db_outage_at >= 0 and o.db_outage_for > 0:
             self._at(started, o.db_outage_at, self._outage, o.db_outage_for)
+        if self._wants_statement_timeout() and self.collector is not None:
+            self._at(started, o.statement_timeout_at, self._statement_timeout, o.statement_timeout_for)
 
     def _at(self, started: float, second: float, action, *args) -> None:
         self._faults.append(gevent.spawn_later(max(0.0, started + second - time.monotonic()), action, *args))
@@ -171,6 +191,24 @@ class SystemUnderTest:
         finally:  # also when the run ends during the outage: the verdict needs the database
             self.database.start()
             self._note("database started again", "end", "database outage")
+
+    def _statement_timeout(self, seconds: float) -> None:
+        dsn = self.database.dsn
+        set_timeout(dsn, FAULT_TIMEOUT)
+        ended = terminate_sessions(dsn)  # role settings apply to new sessions only
+        self._note(f"statement_timeout = {FAULT_TIMEOUT} for the collector's role for {seconds} s "
+                   f"({len(ended)} sessions ended)", "start", "statement timeout")
+        seen: set[int] = set()
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                seen |= collector_sessions(dsn)
+                gevent.sleep(SESSION_POLL_S)
+        finally:  # also when the run ends during the fault: the drain needs a collector that can load
+            set_timeout(dsn, None)
+            terminate_sessions(dsn)  # so the collector's next session has no timeout, without waiting for it
+            self._note(f"statement_timeout reset; {len(seen)} distinct collector sessions (backend pids) seen "
+                       f"during the fault", "end", "statement timeout")
 
     def _external(self, what: str, action: str, seconds: float = 0, then: str = "") -> None:
         """A fault on a collector the harness did not start: --fault-cmd performs it."""

@@ -118,6 +118,10 @@ def add_options(parser) -> None:
     option("--restart-gap", type=float, default=3, help="seconds with no reader during --restart-collector-at")
     option("--db-outage-at", type=float, default=-1, help="stop the embedded database at this second")
     option("--db-outage-for", type=float, default=0, help="seconds the database stays down")
+    option("--statement-timeout-at", type=float, default=-1,
+           help="at this second set statement_timeout = 1ms on the collector's role (np_collector, created for "
+                "it) and end its sessions; reset after --statement-timeout-for")
+    option("--statement-timeout-for", type=float, default=0, help="seconds the collector's role keeps the timeout")
     # Expectations: the run fails (non-zero exit code) when one does not hold. -1 means no limit.
     option("--max-lost", type=int, default=0, help="lines sent but neither landed nor accounted for")
     option("--max-duplicated", type=int, default=0, help="lines that landed more than once")

@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from harness import master_port_args
+
+from loadtests.database import DATA_DIR_ENV, EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 # A shortened scenario still needs time for Locust to start its workers and for the drain after the stop.
@@ -18,12 +21,19 @@ LOCUST_TIMEOUT_S = 240
 SHORT_RUN = "6s"
 
 
-def run_scenario(name: str, dsn: str, report_dir: Path, *overrides: str) -> tuple[int, str, dict]:
-    """Run `locust --config scenarios/NAME.conf` headless against dsn; return (exit code, output, verdict)."""
+def run_scenario(name: str, dsn: str, report_dir: Path, *overrides: str,
+                 data_dir: Path | None = None) -> tuple[int, str, dict]:
+    """Run `locust --config scenarios/NAME.conf` headless against dsn; return (exit code, output, verdict).
+
+    With data_dir and no dsn, the harness starts an embedded server of its own there (one it can stop: the
+    database-outage fault needs that).
+    """
     locust = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust"
     cmd = [locust, "--config", f"scenarios/{name}.conf", "--run-time", SHORT_RUN, "--dsn", dsn,
            "--report-dir", str(report_dir), "--drain-timeout", "20", *master_port_args(), *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NAMEDPIPER_")}
+    if data_dir is not None:
+        env[DATA_DIR_ENV] = str(data_dir)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LOCUST_TIMEOUT_S, env=env)
     output = proc.stdout + proc.stderr
     reports = sorted(report_dir.glob("*/verdict.json"), key=lambda p: p.stat().st_mtime)
@@ -99,6 +109,50 @@ class TestScenarios:
         code, output, v = run_scenario("writer_churn", dsn, tmp_path)
         assert_passed(code, output, v)
         assert v["totals"]["landed"] == v["totals"]["sent"] > 100
+
+    def test_stop_race_lands_every_write_that_succeeded(self, dsn, tmp_path):
+        """stop_race: open-write-close writers racing a SIGTERM lose no write that succeeded."""
+        code, output, v = run_scenario("stop_race", dsn, tmp_path, "--run-time", "8s",
+                                       "--restart-collector-at", "2", "--restart-gap", "2")
+        assert_passed(code, output, v)
+        assert any("SIGTERM" in f for f in v["faults"]), v["faults"]
+        assert v["totals"]["lost"] == 0
+        assert v["totals"]["landed"] == v["totals"]["sent"] > 100
+
+
+    def test_statement_timeout_retries_without_a_reconnect_storm(self, dsn, tmp_path):
+        """statement_timeout: a 1 ms role timeout costs a handful of sessions, and every line lands once after it."""
+        code, output, v = run_scenario("statement_timeout", dsn, tmp_path, "--run-time", "8s",
+                                       "--statement-timeout-at", "2", "--statement-timeout-for", "3")
+        assert_passed(code, output, v)
+        t = v["totals"]
+        assert t["lost"] == t["duplicated"] == 0
+        assert t["landed"] == t["sent"] > 100
+        end = [f for f in v["faults"] if "distinct collector sessions" in f]
+        assert end, v["faults"]
+        sessions = int(end[0].split("; ")[1].split()[0])
+        assert 1 <= sessions <= 10, end[0]
+        assert "57014" in (tmp_path / v["run_id"] / "collector.log").read_text()  # the timeout did cancel COPYs
+
+    def test_journal_full_blocks_writers_and_loses_nothing(self, tmp_path):
+        """journal_full: a 4 MiB journal filled by a database outage stops reading (writers block), then resumes."""
+        # Not under pytest's basetemp: run as root, the server runs as another user (see conftest's database).
+        scratch = Path(tempfile.mkdtemp(prefix="namedpiper-it-"))
+        try:
+            code, output, v = run_scenario("journal_full", "", tmp_path, "--run-time", "10s", "--db-outage-at",
+                                           "2", "--db-outage-for", "4", data_dir=scratch / "pgdata")
+        finally:
+            EmbeddedPostgres(scratch / "pgdata").stop()  # the harness stops it; this is for a harness that died
+            shutil.rmtree(scratch, ignore_errors=True)
+        assert_passed(code, output, v)
+        t = v["totals"]
+        assert t["lost"] == t["duplicated"] == 0
+        assert t["landed"] == t["sent"] > 100
+        assert any("database stopped" in f for f in v["faults"]), v["faults"]
+        log = (tmp_path / v["run_id"] / "collector.log").read_text()
+        assert "is full" in log, log[-2000:]
+        assert "has room again" in log, log[-2000:]
+        assert v["latency"]["max_ms"] >= 2000, v["latency"]  # writers waited for the journal to have room
 
 
 class TestVerdictFails:
