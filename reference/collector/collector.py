@@ -14,7 +14,7 @@ from reference.collector.model import Batch, BatchLimits, Rejection
 from reference.collector.sink import Sink, SinkRefused
 from reference.collector.source import Chunk, Source
 from reference.collector.stop import StopRequest
-from reference.collector.validate import parse_line
+from reference.collector.validate import parse_lines
 from reference.collector.writer import STOP_GRACE_S
 from reference.fifo import DEFAULT_FIFO_MODE
 from reference.sizes import MAX_LINE_BYTES
@@ -50,8 +50,8 @@ REJECT_KEEP_BYTES = 64 * 1024
 # at a time. A young-generation collection costs microseconds, once per read.
 LARGE_REJECTION_BYTES = 64 * 1024
 
-# parse_line's contract: (COPY row or None, rejections with .reason and .raw).
-LineParser = Callable[[bytes], tuple[bytes | None, list]]
+# parse_lines's contract: a read's lines in, (COPY rows, rejections with .reason and .raw) out.
+LinesParser = Callable[[list[bytes]], tuple[list[bytes], list]]
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Collector:
     """
 
     def __init__(self, config: CollectorConfig, source: Source, sink: Sink, stop: StopRequest | None = None,
-                 parse: LineParser = parse_line) -> None:
+                 parse: LinesParser = parse_lines) -> None:
         self.config = config
         self.limits = config.limits
         self.source = source
@@ -185,19 +185,17 @@ class Collector:
         lines, oversized = self.splitter.feed(chunk.data)
         for too_long in oversized:
             self._reject_partial(too_long)
-        parse, keep = self.parse, self.config.reject_keep_bytes
+        rows, rejections = self.parse(lines)
+        batch.add_rows(rows)
+        keep = self.config.reject_keep_bytes
         large_rejections = False
-        for raw in lines:
-            row, rejections = parse(raw)
-            if row is not None:
-                batch.add_row(row)
-            for rejected in rejections:
-                batch.add_rejection(Rejection.of(rejected.reason, rejected.raw, keep))
-                large_rejections = large_rejections or len(rejected.raw) >= LARGE_REJECTION_BYTES
+        for rejected in rejections:
+            batch.add_rejection(Rejection.of(rejected.reason, rejected.raw, keep))
+            large_rejections = large_rejections or len(rejected.raw) >= LARGE_REJECTION_BYTES
         self.lines_read += len(lines) + len(oversized)
         batch.lines += len(lines) + len(oversized)
         if large_rejections:
-            del raw, rejections
+            del rejections
             gc.collect(1)
         if chunk.end is not None:
             batch.end_offset = chunk.end - self.splitter.pending

@@ -60,6 +60,11 @@ class Batch:
         self.rows.append(row)
         self.size += len(row) + ITEM_OVERHEAD_BYTES
 
+    def add_rows(self, rows: list[bytes]) -> None:
+        """Add a read's COPY rows (newlines included) at once."""
+        self.rows += rows
+        self.size += sum(map(len, rows)) + ITEM_OVERHEAD_BYTES * len(rows)
+
     def add_rejection(self, rejection: Rejection) -> None:
         """Add one rejected line."""
         self.rejections.append(rejection)
