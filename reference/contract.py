@@ -156,15 +156,16 @@ def check_data(data: msgspec.Raw, text: str, plain: bool) -> bytes | msgspec.Raw
         if text == "null":
             return b"\\N"
         raise Invalid(f"field 'data' must be a JSON object or null, got a JSON {_RAW_KINDS.get(text[0], 'number')}")
+    out: bytes | msgspec.Raw = data
     if not plain and "\\" in text:
         raw = bytes(data)
         if "\\u0000" in text and _ESCAPED_NUL.search(raw):
             raise Invalid("field 'data' contains \\u0000; PostgreSQL jsonb cannot store it")
-        data = raw.replace(b"\\", b"\\\\")  # COPY text doubles a backslash
+        out = raw.replace(b"\\", b"\\\\")  # COPY text doubles a backslash
     # A tab or CR (JSON whitespace between tokens) would end the COPY field or the row early.
     if "\t" in text or "\r" in text:
-        data = bytes(data).replace(b"\t", b"\\t").replace(b"\r", b"\\r")
-    return data
+        out = bytes(out).replace(b"\t", b"\\t").replace(b"\r", b"\\r")
+    return out
 
 
 # --- nesting ---------------------------------------------------------------------------------------------------

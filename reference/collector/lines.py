@@ -103,10 +103,11 @@ class LineSplitter:
 
     def take_partial(self) -> bytes | Oversized | None:
         """At shutdown: hand over the unfinished line, if any, so it is rejected rather than lost."""
-        if self._oversized is not None:
-            partial, self._oversized = self._oversized, None
+        oversized = self._oversized
+        if oversized is not None:
+            self._oversized = None
             self._window.clear()
-            return partial
+            return oversized
         if self._tail:
             partial = bytes(self._tail)
             self._tail.clear()
