@@ -80,11 +80,14 @@ class LineSplitter:
             parts[0] = bytes(self._tail)
             self._tail.clear()
         tail = parts.pop()
-        for line in parts:
-            if len(line) > self.max_line_bytes:
-                oversized.append(self._finish(Oversized(len(line), line[:REJECTED_PREFIX_BYTES]), line, lines))
-            else:
-                lines.append(line)
+        if not parts or max(map(len, parts)) <= self.max_line_bytes:
+            lines += parts  # the usual read: no line over the limit, found without a Python loop per line
+        else:
+            for line in parts:
+                if len(line) > self.max_line_bytes:
+                    oversized.append(self._finish(Oversized(len(line), line[:REJECTED_PREFIX_BYTES]), line, lines))
+                else:
+                    lines.append(line)
         if len(tail) > self.max_line_bytes:
             # Keep only the prefix and the last max_line_bytes bytes, and skip to the next newline: memory stays
             # bounded whatever arrives.
