@@ -26,8 +26,10 @@ def build_parser():
     parser = get_empty_argument_parser(add_help=True)
     parser.prog = "python -m loadtests"
     parser.description = DESCRIPTION
-    parser.epilog = f"{EXIT_STATUSES}. A second SIGINT/SIGTERM skips the drain and still stops the collector and " \
-                    "the database it started."
+    parser.epilog = (
+        f"{EXIT_STATUSES}. A second SIGINT/SIGTERM skips the drain and still stops the collector and "
+        "the database it started."
+    )
     parser.add_argument("--version", action="version", version=VERSION_TEXT)
     add_options(parser)
     return parser

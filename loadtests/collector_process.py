@@ -54,8 +54,16 @@ def peak_rss_kib(pid: int) -> int | None:
 class CollectorProcess:
     """One collector subprocess (argv), reading fifo, its output appended to log_path."""
 
-    def __init__(self, argv: list[str], fifo: str | os.PathLike[str], log_path: Path, *, shown: str | None = None,
-                 cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        fifo: str | os.PathLike[str],
+        log_path: Path,
+        *,
+        shown: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = argv
         self.args = argv  # the name the integration tests know
         self.fifo = Path(fifo)
@@ -72,9 +80,15 @@ class CollectorProcess:
             try:
                 # A session of its own: a Ctrl-C in the terminal signals the whole foreground process group, and
                 # the collector must stop when its owner says so (after the drain), not with the load.
-                self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.cwd,
+                    env=self.env,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 raise CollectorError(f"cannot run the collector command {self.argv[0]!r}: {exc.strerror}") from exc
         return self
@@ -110,11 +124,15 @@ class CollectorProcess:
         deadline = time.monotonic() + timeout
         while not ready():
             if not self.alive:
-                raise CollectorError(f"the collector (pid {self.pid}) exited with status {self.returncode} before "
-                                     f"{what}; its log {self.log_path}:\n{self.tail()}")
+                raise CollectorError(
+                    f"the collector (pid {self.pid}) exited with status {self.returncode} before "
+                    f"{what}; its log {self.log_path}:\n{self.tail()}"
+                )
             if time.monotonic() > deadline:
-                raise CollectorError(f"the collector (pid {self.pid}) did not get to {what} within {timeout:g} s; "
-                                     f"its log {self.log_path}:\n{self.tail()}")
+                raise CollectorError(
+                    f"the collector (pid {self.pid}) did not get to {what} within {timeout:g} s; "
+                    f"its log {self.log_path}:\n{self.tail()}"
+                )
             time.sleep(POLL_S)
 
     def wait_until_reading(self, timeout: float) -> None:
@@ -154,8 +172,10 @@ class CollectorProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise CollectorError(f"the collector (pid {self.pid}) still runs after {timeout:g} s; its log "
-                                 f"{self.log_path}:\n{self.tail()}") from None
+            raise CollectorError(
+                f"the collector (pid {self.pid}) still runs after {timeout:g} s; its log "
+                f"{self.log_path}:\n{self.tail()}"
+            ) from None
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM (after SIGCONT: a paused process cannot act on it), SIGKILL after timeout; the exit status."""

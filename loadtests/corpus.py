@@ -39,8 +39,9 @@ def load_corpus(folder: Path | str = CORPUS_DIR) -> list[BadLine]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CorpusError(f"{path}: no corpus manifest here; restore it from git or point to the corpus folder") \
-            from None
+        raise CorpusError(
+            f"{path}: no corpus manifest here; restore it from git or point to the corpus folder"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorpusError(f"{path}: not valid JSON ({exc}); fix the syntax at that place") from None
     entries = manifest.get("kinds") if isinstance(manifest, dict) else None
@@ -79,8 +80,9 @@ def _bad_line(folder: Path, path: Path, number: int, entry: object) -> BadLine:
     where = f"{where} ({kind})"
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
-        raise CorpusError(f"{where}: unknown field(s) {', '.join(unknown)}; the fields are "
-                          f"{', '.join(sorted(_FIELDS))}")
+        raise CorpusError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(_FIELDS))}"
+        )
     for name in ("description", "reason"):
         if not isinstance(entry.get(name), str) or not entry[name].strip():
             raise CorpusError(f'{where}: "{name}" must be a non-empty string')
@@ -91,8 +93,10 @@ def _bad_line(folder: Path, path: Path, number: int, entry: object) -> BadLine:
     raw = _read_file(folder, where, entry["file"]) if "file" in entry else _make(where, entry["recipe"])
     newline = raw.find(b"\n")
     if newline >= 0:
-        raise CorpusError(f"{where}: the line holds a newline at byte {newline}; store one line without its newline "
-                          f"(the harness adds it)")
+        raise CorpusError(
+            f"{where}: the line holds a newline at byte {newline}; store one line without its newline "
+            f"(the harness adds it)"
+        )
     return BadLine(kind, raw, entry["reason"], entry["description"], entry.get("glue", False), entry.get("needs", ""))
 
 
@@ -102,7 +106,7 @@ def _read_file(folder: Path, where: str, name: object) -> bytes:
     try:
         return (folder / name).read_bytes()
     except FileNotFoundError:
-        raise CorpusError(f"{where}: file {folder / name} does not exist; add it or correct \"file\"") from None
+        raise CorpusError(f'{where}: file {folder / name} does not exist; add it or correct "file"') from None
 
 
 def _make(where: str, recipe: object) -> bytes:
@@ -111,7 +115,8 @@ def _make(where: str, recipe: object) -> bytes:
         raise CorpusError(f'{where}: "recipe" must be {{"repeat": TEXT, "bytes": N}}, got {recipe!r}')
     unit, size = recipe["repeat"], recipe["bytes"]
     if not isinstance(unit, str) or not unit or type(size) is not int or not 0 < size <= MAX_RECIPE_BYTES:
-        raise CorpusError(f'{where}: "recipe" needs a non-empty "repeat" text and 1..{MAX_RECIPE_BYTES} "bytes", '
-                          f"got {recipe!r}")
+        raise CorpusError(
+            f'{where}: "recipe" needs a non-empty "repeat" text and 1..{MAX_RECIPE_BYTES} "bytes", got {recipe!r}'
+        )
     encoded = unit.encode()
     return (encoded * (size // len(encoded) + 1))[:size]

@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     db = Database(data_dir=args.data_dir)
     if db.embedded is None and args.action in ("start", "dsn"):
-        print(f"note: {DSN_ENV} or PG* variables are set, so this is that server, not the embedded one",
-              file=sys.stderr)
+        print(
+            f"note: {DSN_ENV} or PG* variables are set, so this is that server, not the embedded one", file=sys.stderr
+        )
     try:
         db.start()
         if args.action in ("start", "dsn"):

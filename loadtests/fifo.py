@@ -55,8 +55,10 @@ def _on_init(environment, **_kw) -> None:
     try:
         parse_size_mix(environment.parsed_options.size_mix)
         if not getattr(environment.parsed_options, "timeline_interval", 1.0) > 0:
-            raise ValueError(f"--timeline-interval {environment.parsed_options.timeline_interval}: give the "
-                             "seconds between the timeline's samples, more than 0 (default 1)")
+            raise ValueError(
+                f"--timeline-interval {environment.parsed_options.timeline_interval}: give the "
+                "seconds between the timeline's samples, more than 0 (default 1)"
+            )
         _hostile_lines(environment.parsed_options)
     except ValueError as exc:
         log.error("%s", exc)
@@ -96,8 +98,10 @@ def _hostile_lines(o) -> list[BadLine]:
     if not o.hostile_every:
         return []
     if o.account_bytes:
-        raise ValueError("--hostile-every and --account-bytes do not mix: the bad lines' bytes would count as "
-                         "accounted bytes of torn lines; drop one of them")
+        raise ValueError(
+            "--hostile-every and --account-bytes do not mix: the bad lines' bytes would count as "
+            "accounted bytes of torn lines; drop one of them"
+        )
     try:
         return _corpus(o.hostile_kinds)
     except CorpusError as exc:
@@ -193,8 +197,14 @@ class FifoUser(User):
             start = number * len(bad_lines) // max(1, o.num_users or 1) % len(bad_lines)
             self.bad_lines = itertools.islice(itertools.cycle(bad_lines), start, None)
         self.writes = 0
-        self.client = FifoClient(self.environment, o.np_fifo, self.counts, drop_when_full=o.drop_when_full,
-                                 reopen_per_write=o.reopen_per_write, gate=GATE if bad_lines else None)
+        self.client = FifoClient(
+            self.environment,
+            o.np_fifo,
+            self.counts,
+            drop_when_full=o.drop_when_full,
+            reopen_per_write=o.reopen_per_write,
+            gate=GATE if bad_lines else None,
+        )
 
     def on_stop(self) -> None:
         """Close the write end."""
@@ -224,7 +234,4 @@ class FifoUser(User):
         self.counts.generated += len(lines)
         first = self.factory.seq - len(lines) + 1
         if self.client.write(glued + lines, self.size_name, bad=len(glued)) and self.record_big:
-            self.counts.big_lines.extend((first + i, len(line)) for i, line in enumerate(lines)
-                                         if len(line) > PIPE_BUF)
-
-
+            self.counts.big_lines.extend((first + i, len(line)) for i, line in enumerate(lines) if len(line) > PIPE_BUF)

@@ -120,8 +120,16 @@ class WriteGate:
 class FifoClient:
     """Write end of a FIFO for one Locust user; never blocks other greenlets, never raises out of a task."""
 
-    def __init__(self, environment, path: str, counts: SourceCounts, *, drop_when_full: bool = False,
-                 reopen_per_write: bool = False, gate: WriteGate | None = None) -> None:
+    def __init__(
+        self,
+        environment,
+        path: str,
+        counts: SourceCounts,
+        *,
+        drop_when_full: bool = False,
+        reopen_per_write: bool = False,
+        gate: WriteGate | None = None,
+    ) -> None:
         self.environment = environment
         self.path = path
         self.counts = counts
@@ -175,8 +183,11 @@ class FifoClient:
                 while True:
                     delivered, exception, elapsed_ms = self._attempt(data, len(lines) - bad)
                     self.environment.events.request.fire(
-                        request_type="fifo", name=name, response_time=elapsed_ms,
-                        response_length=len(data) if delivered else 0, exception=exception,
+                        request_type="fifo",
+                        name=name,
+                        response_time=elapsed_ms,
+                        response_length=len(data) if delivered else 0,
+                        exception=exception,
                         context={"lines": len(lines)},
                     )
                     if delivered or self.drop_when_full:

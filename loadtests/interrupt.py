@@ -45,8 +45,12 @@ class Interrupt:
         self.count += 1
         if self.count == 1:
             self.note(name)
-            log.warning("%s: stopping the load; a run under way drains (at most --drain-timeout), gives its verdict "
-                        "and exits %s; send it again to skip the drain", name, EXIT_INTERRUPTED)
+            log.warning(
+                "%s: stopping the load; a run under way drains (at most --drain-timeout), gives its verdict "
+                "and exits %s; send it again to skip the drain",
+                name,
+                EXIT_INTERRUPTED,
+            )
             if signum == signal.SIGINT and self._on_first is not None:
                 gevent.spawn(self._on_first)
             return

@@ -43,8 +43,9 @@ __all__ = ["CollectorError", "HarnessCollector", "SystemUnderTest", "has_reader"
 class HarnessCollector(CollectorProcess):
     """The collector of a run, as its adapter starts it; restarted after faults, ready by the adapter's strategy."""
 
-    def __init__(self, template: str, fifo: str, dsn: str, log_path: Path, *, adapter: Adapter | None = None,
-                 options=None) -> None:
+    def __init__(
+        self, template: str, fifo: str, dsn: str, log_path: Path, *, adapter: Adapter | None = None, options=None
+    ) -> None:
         self.adapter = adapter or Reference(template)
         self.ctx = Context(fifo, dsn, log_path.parent, options)
         try:
@@ -112,8 +113,9 @@ class SystemUnderTest:
         if self._wants_statement_timeout():
             # A role of its own: ALTER ROLE on the harness's role would cancel the harness's verification too.
             dsn = prepare_role(self.database.dsn)
-        self.collector = HarnessCollector(template, self.fifo, dsn, self.run_dir / "collector.log",
-                                          adapter=adapter, options=self.options)
+        self.collector = HarnessCollector(
+            template, self.fifo, dsn, self.run_dir / "collector.log", adapter=adapter, options=self.options
+        )
         self.watch = CollectorWatch(self.collector)
         self.collector.start()
         self.watch.begin()
@@ -196,8 +198,12 @@ class SystemUnderTest:
         dsn = self.database.dsn
         set_timeout(dsn, FAULT_TIMEOUT)
         ended = terminate_sessions(dsn)  # role settings apply to new sessions only
-        self._note(f"statement_timeout = {FAULT_TIMEOUT} for the collector's role for {seconds} s "
-                   f"({len(ended)} sessions ended)", "start", "statement timeout")
+        self._note(
+            f"statement_timeout = {FAULT_TIMEOUT} for the collector's role for {seconds} s "
+            f"({len(ended)} sessions ended)",
+            "start",
+            "statement timeout",
+        )
         seen: set[int] = set()
         deadline = time.monotonic() + seconds
         try:
@@ -207,8 +213,12 @@ class SystemUnderTest:
         finally:  # also when the run ends during the fault: the drain needs a collector that can load
             set_timeout(dsn, None)
             terminate_sessions(dsn)  # so the collector's next session has no timeout, without waiting for it
-            self._note(f"statement_timeout reset; {len(seen)} distinct collector sessions (backend pids) seen "
-                       f"during the fault", "end", "statement timeout")
+            self._note(
+                f"statement_timeout reset; {len(seen)} distinct collector sessions (backend pids) seen "
+                f"during the fault",
+                "end",
+                "statement timeout",
+            )
 
     def _external(self, what: str, action: str, seconds: float = 0, then: str = "") -> None:
         """A fault on a collector the harness did not start: --fault-cmd performs it."""

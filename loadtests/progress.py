@@ -39,8 +39,9 @@ def locust_tables_muted() -> Iterator[None]:
 class DrainProgress:
     """Turns drain polls into a progress line at most every PROGRESS_INTERVAL_S."""
 
-    def __init__(self, run_id: str, sent: int, timeout_s: float, fifo: str | None,
-                 interval_s: float = PROGRESS_INTERVAL_S) -> None:
+    def __init__(
+        self, run_id: str, sent: int, timeout_s: float, fifo: str | None, interval_s: float = PROGRESS_INTERVAL_S
+    ) -> None:
         self.run_id, self.sent, self.fifo, self.interval_s = run_id, sent, fifo, interval_s
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
@@ -57,9 +58,11 @@ class DrainProgress:
         pending = fill[0] if fill is not None else None
         in_pipe = "no reader on the pipe" if pending is None else f"{pending} bytes still in the pipe"
         share = f" ({100 * landed / self.sent:.1f}%)" if self.sent else ""
-        return (f"namedpiper: draining run {self.run_id}: {landed} of {self.sent} rows landed{share}, "
-                f"{rejected} rejected, {rate:.0f} rows/s, {in_pipe}, "
-                f"{max(0.0, self.deadline - now):.0f} s left of --drain-timeout")
+        return (
+            f"namedpiper: draining run {self.run_id}: {landed} of {self.sent} rows landed{share}, "
+            f"{rejected} rejected, {rate:.0f} rows/s, {in_pipe}, "
+            f"{max(0.0, self.deadline - now):.0f} s left of --drain-timeout"
+        )
 
     def poll(self, landed: int, rejected: int) -> str | None:
         """Call on every drain poll; returns (and logs) a line when one is due."""

@@ -21,8 +21,13 @@ def versions(server_version: str | None) -> dict[str, str | None]:
     """Versions of everything that shaped the run; server_version is PostgreSQL's (None when unknown)."""
     import locust
 
-    return {"namedpiper": __version__, "locust": locust.__version__, "python": platform.python_version(),
-            "postgresql": server_version, "kernel": platform.release()}
+    return {
+        "namedpiper": __version__,
+        "locust": locust.__version__,
+        "python": platform.python_version(),
+        "postgresql": server_version,
+        "kernel": platform.release(),
+    }
 
 
 def recorded_options(options, names: frozenset[str] | set[str]) -> dict:

@@ -39,21 +39,61 @@ class Chart:
 
 
 CHARTS = (
-    Chart("rate", "Lines per second: written by the users vs landed in PostgreSQL", "lines/s",
-          (("written_per_s", "written/s", 1), ("landed_per_s", "landed/s", 1))),
-    Chart("cumulative", "Lines written vs rows landed (cumulative)", "lines",
-          (("lines_written", "written", 1), ("rows_landed", "landed", 1), ("lines_dropped", "dropped", 1),
-           ("rejected", "rejected", 1))),
-    Chart("pipe", "Pipe fill against its capacity", "KiB",
-          (("pipe_bytes", "bytes waiting", 1), ("pipe_capacity", "capacity", 1)), scale=1024),
-    Chart("latency", "Write latency of each second, and time blocked on a full pipe", "ms",
-          (("latency_p50_ms", "p50", 1), ("latency_p99_ms", "p99", 1), ("latency_max_ms", "max", 1),
-           ("blocked_s", "blocked s (all users)", 2)), y2_title="seconds blocked"),
-    Chart("collector", "Collector memory and CPU", "RSS MiB",
-          (("collector_rss_mib", "RSS MiB", 1), ("collector_cpu_percent", "CPU %", 2)), y2_title="CPU %"),
-    Chart("journal", "Journal on disk and its uncommitted backlog; the database's state", "MiB",
-          (("journal_bytes", "journal MiB", 1), ("journal_lag_bytes", "uncommitted MiB", 1),
-           ("database_up", "database up (1) / retrying (0)", 2)), y2_title="database up", scale=MIB),
+    Chart(
+        "rate",
+        "Lines per second: written by the users vs landed in PostgreSQL",
+        "lines/s",
+        (("written_per_s", "written/s", 1), ("landed_per_s", "landed/s", 1)),
+    ),
+    Chart(
+        "cumulative",
+        "Lines written vs rows landed (cumulative)",
+        "lines",
+        (
+            ("lines_written", "written", 1),
+            ("rows_landed", "landed", 1),
+            ("lines_dropped", "dropped", 1),
+            ("rejected", "rejected", 1),
+        ),
+    ),
+    Chart(
+        "pipe",
+        "Pipe fill against its capacity",
+        "KiB",
+        (("pipe_bytes", "bytes waiting", 1), ("pipe_capacity", "capacity", 1)),
+        scale=1024,
+    ),
+    Chart(
+        "latency",
+        "Write latency of each second, and time blocked on a full pipe",
+        "ms",
+        (
+            ("latency_p50_ms", "p50", 1),
+            ("latency_p99_ms", "p99", 1),
+            ("latency_max_ms", "max", 1),
+            ("blocked_s", "blocked s (all users)", 2),
+        ),
+        y2_title="seconds blocked",
+    ),
+    Chart(
+        "collector",
+        "Collector memory and CPU",
+        "RSS MiB",
+        (("collector_rss_mib", "RSS MiB", 1), ("collector_cpu_percent", "CPU %", 2)),
+        y2_title="CPU %",
+    ),
+    Chart(
+        "journal",
+        "Journal on disk and its uncommitted backlog; the database's state",
+        "MiB",
+        (
+            ("journal_bytes", "journal MiB", 1),
+            ("journal_lag_bytes", "uncommitted MiB", 1),
+            ("database_up", "database up (1) / retrying (0)", 2),
+        ),
+        y2_title="database up",
+        scale=MIB,
+    ),
 )
 
 
@@ -68,28 +108,64 @@ def figure(chart: Chart, runs: Sequence[tuple[str, dict]]) -> go.Figure:
             if all(y is None for y in ys):
                 continue
             shown = f"{name}: {label}" if len(runs) > 1 else label
-            fig.add_trace(go.Scatter(x=xs, y=ys, name=shown, mode="lines", yaxis="y2" if axis == 2 else "y",
-                                     line={"dash": COMPARE_DASHES[index % len(COMPARE_DASHES)],
-                                           "shape": "hv" if key == "database_up" else "linear"}))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    name=shown,
+                    mode="lines",
+                    yaxis="y2" if axis == 2 else "y",
+                    line={
+                        "dash": COMPARE_DASHES[index % len(COMPARE_DASHES)],
+                        "shape": "hv" if key == "database_up" else "linear",
+                    },
+                )
+            )
         for span in verdict.get("fault_spans") or []:
             label = f"{name}: {span['fault']}" if len(runs) > 1 else span["fault"]
             if span["end_s"] > span["start_s"]:
-                fig.add_vrect(x0=span["start_s"], x1=span["end_s"], fillcolor=FAULT_COLOR, opacity=FAULT_OPACITY,
-                              line_width=0, annotation_text=label, annotation_position="top left")
+                fig.add_vrect(
+                    x0=span["start_s"],
+                    x1=span["end_s"],
+                    fillcolor=FAULT_COLOR,
+                    opacity=FAULT_OPACITY,
+                    line_width=0,
+                    annotation_text=label,
+                    annotation_position="top left",
+                )
             else:
-                fig.add_vline(x=span["start_s"], line_color=FAULT_COLOR, line_dash="dot",
-                              annotation_text=label, annotation_position="top left")
+                fig.add_vline(
+                    x=span["start_s"],
+                    line_color=FAULT_COLOR,
+                    line_dash="dot",
+                    annotation_text=label,
+                    annotation_position="top left",
+                )
         drain = next((s["t_s"] for s in samples if s.get("phase") != "load"), None)
         if drain is not None and len(runs) == 1:
-            fig.add_vline(x=drain, line_color="gray", line_dash="dash", annotation_text="users stopped",
-                          annotation_position="bottom right")
-    layout: dict = {"title": {"text": chart.title}, "height": CHART_HEIGHT_PX, "margin": {"t": 50, "b": 40},
-                    "xaxis": {"title": {"text": "seconds since the run started"}},
-                    "yaxis": {"title": {"text": chart.y_title}, "rangemode": "tozero"},
-                    "legend": {"orientation": "h", "y": -0.25}}
+            fig.add_vline(
+                x=drain,
+                line_color="gray",
+                line_dash="dash",
+                annotation_text="users stopped",
+                annotation_position="bottom right",
+            )
+    layout: dict = {
+        "title": {"text": chart.title},
+        "height": CHART_HEIGHT_PX,
+        "margin": {"t": 50, "b": 40},
+        "xaxis": {"title": {"text": "seconds since the run started"}},
+        "yaxis": {"title": {"text": chart.y_title}, "rangemode": "tozero"},
+        "legend": {"orientation": "h", "y": -0.25},
+    }
     if chart.y2_title:
-        layout["yaxis2"] = {"title": {"text": chart.y2_title}, "overlaying": "y", "side": "right",
-                            "rangemode": "tozero", "showgrid": False}
+        layout["yaxis2"] = {
+            "title": {"text": chart.y2_title},
+            "overlaying": "y",
+            "side": "right",
+            "rangemode": "tozero",
+            "showgrid": False,
+        }
     fig.update_layout(**layout)
     return fig
 
@@ -105,9 +181,16 @@ def charts_html(runs: Sequence[tuple[str, dict]]) -> str:
         fig = figure(chart, runs)
         if not fig.data:
             continue  # nothing measured (no journal, no collector of ours): no empty chart
-        parts.append(f'<section class="chart" data-chart="{chart.key}">' + fig.to_html(
-            full_html=False, include_plotlyjs=False, div_id=f"chart-{chart.key}",
-            config={"displaylogo": False, "responsive": True}) + "</section>")
+        parts.append(
+            f'<section class="chart" data-chart="{chart.key}">'
+            + fig.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"chart-{chart.key}",
+                config={"displaylogo": False, "responsive": True},
+            )
+            + "</section>"
+        )
     if not parts:
         parts.append("<p>No timeline in this verdict (a run before timelines, or one that never started).</p>")
     return "\n".join(parts)
@@ -118,21 +201,36 @@ def verdict_html(v: dict) -> str:
     status = v.get("status", "")
     totals = v.get("totals") or {}
     latency = v.get("latency") or {}
-    out = [f'<h1 class="status {html.escape(status.lower())}">{html.escape(status or "running")} · run '
-           f'{html.escape(str(v.get("run_id", "")))} ({html.escape(str(v.get("scenario", "")))})</h1>']
+    out = [
+        f'<h1 class="status {html.escape(status.lower())}">{html.escape(status or "running")} · run '
+        f"{html.escape(str(v.get('run_id', '')))} ({html.escape(str(v.get('scenario', '')))})</h1>"
+    ]
     if totals:
-        out.append("<p>" + html.escape(
-            f"{v.get('duration_s', 0)} s; sent {totals.get('sent')}, landed {totals.get('landed')}, lost "
-            f"{totals.get('lost')}, duplicated {totals.get('duplicated')}, torn or rejected "
-            f"{totals.get('torn_or_rejected')}; {v.get('lines_per_s')} lines/s written, {v.get('rows_per_s')} rows/s "
-            f"end to end; write latency p50 {latency.get('p50_ms')} ms, p99 {latency.get('p99_ms')} ms, max "
-            f"{latency.get('max_ms')} ms; blocked {latency.get('blocked_s')} s; collector peak RSS "
-            f"{v.get('collector_peak_rss_mib')} MiB") + "</p>")
+        out.append(
+            "<p>"
+            + html.escape(
+                f"{v.get('duration_s', 0)} s; sent {totals.get('sent')}, landed {totals.get('landed')}, lost "
+                f"{totals.get('lost')}, duplicated {totals.get('duplicated')}, torn or rejected "
+                f"{totals.get('torn_or_rejected')}; {v.get('lines_per_s')} lines/s written, "
+                f"{v.get('rows_per_s')} rows/s end to end; write latency p50 {latency.get('p50_ms')} ms, "
+                f"p99 {latency.get('p99_ms')} ms, max "
+                f"{latency.get('max_ms')} ms; blocked {latency.get('blocked_s')} s; collector peak RSS "
+                f"{v.get('collector_peak_rss_mib')} MiB"
+            )
+            + "</p>"
+        )
     out.extend(f'<p class="failure">{html.escape(f)}</p>' for f in v.get("failures") or [])
     if v.get("expectations"):
-        out.append(_table(["", "expectation", "observed", "expected", "what"],
-                          (["✓" if e["passed"] else "✗", e["name"], e["observed"], f"{e['op']} {e['threshold']}",
-                            e["what"]] for e in v["expectations"]), "expectations"))
+        out.append(
+            _table(
+                ["", "expectation", "observed", "expected", "what"],
+                (
+                    ["✓" if e["passed"] else "✗", e["name"], e["observed"], f"{e['op']} {e['threshold']}", e["what"]]
+                    for e in v["expectations"]
+                ),
+                "expectations",
+            )
+        )
     if v.get("faults"):
         out.append("<ul class=faults>" + "".join(f"<li>fault: {html.escape(f)}</li>" for f in v["faults"]) + "</ul>")
     return "\n".join(out)
@@ -161,8 +259,10 @@ td:first-child,th:first-child{text-align:left}.runs{display:flex;gap:2em}.runs>d
 def page(title: str, body: str, refresh_s: int | None = None) -> str:
     """A whole HTML page with plotly.js inlined: it opens from disk, offline."""
     refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{refresh}<title>{html.escape(title)}'
-            f"</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{refresh}<title>{html.escape(title)}'
+        f"</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def build(verdict: dict, refresh_s: int | None = None) -> str:
@@ -174,8 +274,9 @@ def build(verdict: dict, refresh_s: int | None = None) -> str:
 def build_compare(a: dict, b: dict) -> str:
     """Two runs: their verdicts side by side, then every chart with both runs on the same axes."""
     names = (f"A {a.get('run_id', '')}", f"B {b.get('run_id', '')}")
-    heads = "".join(f"<div><h2>{html.escape(n)}</h2>{verdict_html(v)}</div>" for n, v in zip(names, (a, b),
-                                                                                              strict=True))
+    heads = "".join(
+        f"<div><h2>{html.escape(n)}</h2>{verdict_html(v)}</div>" for n, v in zip(names, (a, b), strict=True)
+    )
     body = f'<div class="runs">{heads}</div>\n' + charts_html(list(zip(names, (a, b), strict=True)))
     return page(f"namedpiper: {names[0]} vs {names[1]}", body)
 
@@ -192,8 +293,9 @@ def load_verdict(run_dir: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}; give a run's report folder, e.g. reports/<run id>"
-                         ) from None
+        raise ValueError(
+            f"cannot read {path}: {exc.strerror}; give a run's report folder, e.g. reports/<run id>"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not JSON ({exc}); was the run interrupted while writing it?") from None
     if not isinstance(data, dict) or "run_id" not in data:
@@ -203,13 +305,20 @@ def load_verdict(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild a run's report.html, or compare two runs; exit 2 with one line on a bad folder."""
-    parser = argparse.ArgumentParser(prog="python -m loadtests.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", nargs="?", type=Path, help="a run's report folder (reports/<run id>)")
-    parser.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
-                        help="two runs' report folders: one page with both")
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="where to write (default RUN_DIR/report.html, or compare-A-B.html beside RUN_B)")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"), help="two runs' report folders: one page with both"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write (default RUN_DIR/report.html, or compare-A-B.html beside RUN_B)",
+    )
     args = parser.parse_args(argv)
     if (args.run_dir is None) == (args.compare is None):
         parser.error("give RUN_DIR or --compare RUN_A RUN_B")

@@ -22,21 +22,26 @@ def record_and_prune(conn, run_id: str, started_at: datetime, ended_at: datetime
     """Record this run, delete the rows of runs older than the keep most recent; return the pruned run ids."""
     with conn.cursor() as cur:
         cur.execute(RUNS_TABLE_SQL)
-        cur.execute("INSERT INTO namedpiper_runs VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
-                    (run_id, started_at, ended_at))
+        cur.execute(
+            "INSERT INTO namedpiper_runs VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
+            (run_id, started_at, ended_at),
+        )
         if keep <= 0:
             return []
-        cur.execute("SELECT run_id, started_at, ended_at FROM namedpiper_runs ORDER BY started_at DESC OFFSET %s",
-                    (keep,))
+        cur.execute(
+            "SELECT run_id, started_at, ended_at FROM namedpiper_runs ORDER BY started_at DESC OFFSET %s", (keep,)
+        )
         old = cur.fetchall()
         for old_id, started, ended in old:
             low, high = started - WINDOW_MARGIN, ended + WINDOW_MARGIN
-            cur.execute("DELETE FROM logs WHERE time BETWEEN %s AND %s AND data->'_np'->>'run' = %s",
-                        (low, high, old_id))
+            cur.execute(
+                "DELETE FROM logs WHERE time BETWEEN %s AND %s AND data->'_np'->>'run' = %s", (low, high, old_id)
+            )
             landed = cur.rowcount
             # A rejected line has lost its bookkeeping: like the verdict, tie it to a run by its time window.
             cur.execute("DELETE FROM logs_rejected WHERE received_at BETWEEN %s AND %s", (started, ended))
             cur.execute("DELETE FROM namedpiper_runs WHERE run_id = %s", (old_id,))
-            log.info("run %s: deleted %d rows and %d rejected lines (--keep-runs %d)", old_id, landed, cur.rowcount,
-                     keep)
+            log.info(
+                "run %s: deleted %d rows and %d rejected lines (--keep-runs %d)", old_id, landed, cur.rowcount, keep
+            )
         return [old_id for old_id, _, _ in old]

@@ -181,10 +181,15 @@ class Run:
     def _sampler(self, sut: SystemUnderTest) -> Sampler:
         """The timeline's sampler of this run."""
         journal = self.run_dir / "journal"
-        probes = Probes(fifo=sut.fifo, writers=self.writers,
-                        response_times=lambda: self.environment.stats.total.response_times,
-                        collector_pid=lambda: sut.collector.pid if sut.collector is not None and sut.collector.alive
-                        else None, metrics_url=sut.metrics_url, journal=journal, marks=sut.marks)
+        probes = Probes(
+            fifo=sut.fifo,
+            writers=self.writers,
+            response_times=lambda: self.environment.stats.total.response_times,
+            collector_pid=lambda: sut.collector.pid if sut.collector is not None and sut.collector.alive else None,
+            metrics_url=sut.metrics_url,
+            journal=journal,
+            marks=sut.marks,
+        )
         return Sampler(probes, self.started, getattr(self.options, "timeline_interval", DEFAULT_INTERVAL_S))
 
     # -- counters ---------------------------------------------------------------------------------------------
@@ -245,31 +250,47 @@ class Run:
         if sampler is not None:
             sampler.phase = "verify"
         # In a thread of gevent's pool: the queries take seconds on a big run, and the timeline keeps sampling.
-        sources, totals = gevent.get_hub().threadpool.apply(verify_run, (self.database.dsn, self.run_id, self.since,
-                                                                         counts))
-        collector_report = sut.watch.finish(self.database.dsn, self.run_id, sources, totals.bad_sent) \
-            if sut.watch is not None else None
+        sources, totals = gevent.get_hub().threadpool.apply(
+            verify_run, (self.database.dsn, self.run_id, self.since, counts)
+        )
+        collector_report = (
+            sut.watch.finish(self.database.dsn, self.run_id, sources, totals.bad_sent)
+            if sut.watch is not None
+            else None
+        )
         timeline = sampler.stop(totals.landed, totals.rejected) if sampler is not None else []
         stats = self.environment.stats.total
         lasted = max(1e-6, landed_at - self.started)
         collector = sut.collector
         verdict = Verdict(
-            run_id=self.run_id, scenario=_scenario_name(self.options), totals=totals, sources=sources,
-            latency=Latency(p50_ms=round(stats.get_response_time_percentile(0.5) or 0, 1),
-                            p99_ms=round(stats.get_response_time_percentile(0.99) or 0, 1),
-                            max_ms=round(stats.max_response_time or 0, 1),
-                            blocked_s=round(sum(c.blocked_s for c in counts.values()), 3)),
+            run_id=self.run_id,
+            scenario=_scenario_name(self.options),
+            totals=totals,
+            sources=sources,
+            latency=Latency(
+                p50_ms=round(stats.get_response_time_percentile(0.5) or 0, 1),
+                p99_ms=round(stats.get_response_time_percentile(0.99) or 0, 1),
+                max_ms=round(stats.max_response_time or 0, 1),
+                blocked_s=round(sum(c.blocked_s for c in counts.values()), 3),
+            ),
             rows_per_s=round(totals.landed / lasted, 1),
             lines_per_s=round(sent / max(1e-6, users_stopped - self.started), 1),
-            duration_s=round(lasted, 2), faults=list(sut.fault_log), collector_exit=collector_exit,
+            duration_s=round(lasted, 2),
+            faults=list(sut.fault_log),
+            collector_exit=collector_exit,
             # None when unknown: no collector of ours, or it had exited before the harness could read its memory.
             collector_peak_rss_mib=round(collector.peak_rss_kib / 1024, 1)
-            if collector is not None and collector.peak_rss_kib else None,
-            interrupted=self.interrupt.signal_name, drain_skipped=self.drain_skipped, collector=collector_report,
-            started_at=self.started_at, ended_at=utc_now(),
+            if collector is not None and collector.peak_rss_kib
+            else None,
+            interrupted=self.interrupt.signal_name,
+            drain_skipped=self.drain_skipped,
+            collector=collector_report,
+            started_at=self.started_at,
+            ended_at=utc_now(),
             options=recorded_options(self.options, HARNESS_OPTIONS),
             versions=versions(self.server_version),
-            timeline=timeline, fault_spans=sampler.spans if sampler is not None else [],
+            timeline=timeline,
+            fault_spans=sampler.spans if sampler is not None else [],
         )
         verdict.expectations = check(verdict, self.options)
         self._write_html()
@@ -278,16 +299,19 @@ class Run:
         self.verdict = verdict
         self.environment.process_exit_code = verdict.exit_code
         _say(render(verdict))
-        _say(f"report: {_shown_path(report)}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
-             f"WHERE data->'_np'->>'run' = '{self.run_id}')")
+        _say(
+            f"report: {_shown_path(report)}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
+            f"WHERE data->'_np'->>'run' = '{self.run_id}')"
+        )
         self.phase = f"run {self.run_id}: {verdict.status}"
         self._prune(verdict)
 
     def _write_html(self) -> None:
         """Locust's HTML report of this run, into its report folder (the web UI writes none by itself)."""
         try:
-            (self.run_dir / "locust.html").write_text(get_html_report(self.environment, show_download_link=False),
-                                                      encoding="utf-8")
+            (self.run_dir / "locust.html").write_text(
+                get_html_report(self.environment, show_download_link=False), encoding="utf-8"
+            )
         except (OSError, ValueError, KeyError) as exc:
             log.warning("run %s: no locust.html written: %s", self.run_id, exc)
 
@@ -303,8 +327,13 @@ class Run:
         """Delete the rows of runs beyond --keep-runs (after the verdict: never the rows being judged)."""
         try:
             with connect(self.database.dsn) as conn:
-                record_and_prune(conn, self.run_id, datetime.fromisoformat(verdict.started_at),
-                                 datetime.fromisoformat(verdict.ended_at), self.options.keep_runs)
+                record_and_prune(
+                    conn,
+                    self.run_id,
+                    datetime.fromisoformat(verdict.started_at),
+                    datetime.fromisoformat(verdict.ended_at),
+                    self.options.keep_runs,
+                )
         except psycopg2.Error as exc:
             log.warning("run %s: old runs not pruned: %s", self.run_id, str(exc).strip().splitlines()[0])
 
@@ -340,8 +369,9 @@ class Run:
                 return last_change
             try:
                 # In gevent's thread pool: a count over a million rows takes seconds, the timeline samples on.
-                now_counts = gevent.get_hub().threadpool.apply(landed_count, (self.database.dsn, self.run_id,
-                                                                              self.since))
+                now_counts = gevent.get_hub().threadpool.apply(
+                    landed_count, (self.database.dsn, self.run_id, self.since)
+                )
             except psycopg2.Error as exc:  # the database is away for now: no progress, keep waiting
                 log.warning("drain: cannot count rows yet (%s)", str(exc).strip().splitlines()[0])
                 now_counts = last
@@ -391,18 +421,32 @@ class Run:
         status = self.phase
         if self.progress is not None and self.finisher is not None and not self.finisher.dead:
             status = self.progress.latest or status
-        rows = [{"item": "status", "threshold": "", "observed": status, "result": ""},
-                {"item": "charts", "threshold": "", "observed": f"open {CHARTS_PATH} (this run's timeline)",
-                 "result": ""}]
+        rows = [
+            {"item": "status", "threshold": "", "observed": status, "result": ""},
+            {"item": "charts", "threshold": "", "observed": f"open {CHARTS_PATH} (this run's timeline)", "result": ""},
+        ]
         v = self.verdict
         if v is None or v.run_id != self.run_id:
             return rows
         rows[0]["result"] = v.status
-        rows.extend({"item": e.name, "threshold": f"{e.op} {e.threshold:g}", "observed": f"{e.observed:g}",
-                     "result": "✓" if e.passed else "✗"} for e in v.expectations)
-        rows.extend({"item": f"source {s.source}", "threshold": f"sent {s.sent}",
-                     "observed": f"landed {s.landed}, missing {s.missing}, dup {s.duplicated}", "result": ""}
-                    for s in v.sources)
+        rows.extend(
+            {
+                "item": e.name,
+                "threshold": f"{e.op} {e.threshold:g}",
+                "observed": f"{e.observed:g}",
+                "result": "✓" if e.passed else "✗",
+            }
+            for e in v.expectations
+        )
+        rows.extend(
+            {
+                "item": f"source {s.source}",
+                "threshold": f"sent {s.sent}",
+                "observed": f"landed {s.landed}, missing {s.missing}, dup {s.duplicated}",
+                "result": "",
+            }
+            for s in v.sources
+        )
         rows.append({"item": "report", "threshold": "", "observed": str(self.run_dir), "result": ""})
         return rows
 
@@ -412,9 +456,13 @@ class Run:
         if v is not None and v.run_id == self.run_id:
             return build_report(v.as_dict())
         sampler = self.sampler
-        live = {"run_id": self.run_id, "scenario": _scenario_name(self.options), "status": self.phase,
-                "timeline": list(sampler.samples) if sampler is not None else [],
-                "fault_spans": list(sampler.spans) if sampler is not None else []}
+        live = {
+            "run_id": self.run_id,
+            "scenario": _scenario_name(self.options),
+            "status": self.phase,
+            "timeline": list(sampler.samples) if sampler is not None else [],
+            "fault_spans": list(sampler.spans) if sampler is not None else [],
+        }
         return build_report(live, refresh_s=LIVE_CHARTS_REFRESH_S)
 
     def finishing(self) -> bool:
@@ -424,8 +472,11 @@ class Run:
 
     def web_verdict(self) -> dict:
         """GET /namedpiper: the phase and the last verdict as JSON."""
-        return {"phase": self.phase, "progress": self.progress.latest if self.progress else "",
-                "verdict": self.verdict.as_dict() if self.verdict is not None else None}
+        return {
+            "phase": self.phase,
+            "progress": self.progress.latest if self.progress else "",
+            "verdict": self.verdict.as_dict() if self.verdict is not None else None,
+        }
 
 
 def _say(text: str) -> None:
@@ -442,6 +493,9 @@ def _shown_path(path: Path) -> str:
 
 
 def _scenario_name(options) -> str:
-    configs = [c for c in (getattr(options, "config", None) or "").split(",") if c.endswith(".conf")] \
-        if isinstance(getattr(options, "config", None), str) else []
+    configs = (
+        [c for c in (getattr(options, "config", None) or "").split(",") if c.endswith(".conf")]
+        if isinstance(getattr(options, "config", None), str)
+        else []
+    )
     return Path(configs[-1]).stem if configs else "custom"

@@ -64,8 +64,10 @@ def set_timeout(dsn: str, value: str | None) -> None:
 def collector_sessions(dsn: str) -> set[int]:
     """Backend pids of the collector's sessions right now (its role and application_name)."""
     with _connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
-                    (COLLECTOR_ROLE, APPLICATION_NAME))
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
+            (COLLECTOR_ROLE, APPLICATION_NAME),
+        )
         pids = {int(r[0]) for r in cur.fetchall()}
     conn.close()
     return pids
@@ -75,8 +77,9 @@ def terminate_sessions(dsn: str) -> set[int]:
     """pg_terminate_backend every session of the collector's role (so that it reconnects with the role's settings)."""
     with _connect(dsn) as conn, conn.cursor() as cur:
         # Two statements: in one WHERE clause PostgreSQL may call pg_terminate_backend before the usename test.
-        cur.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
-                    (COLLECTOR_ROLE,))
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()", (COLLECTOR_ROLE,)
+        )
         pids = {int(r[0]) for r in cur.fetchall()}
         for pid in pids:
             cur.execute("SELECT pg_terminate_backend(%s)", (pid,))

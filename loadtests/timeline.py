@@ -29,10 +29,30 @@ DEFAULT_INTERVAL_S = 1.0
 # full speed answered in 0.5-0.8 s at times (its HTTP thread waits for the GIL), so 0.5 s left gaps.
 SCRAPE_TIMEOUT_S = 0.9
 # Columns of timeline.csv, in order: every key of a sample.
-COLUMNS = ("t_s", "phase", "lines_written", "lines_dropped", "written_per_s", "rows_landed", "landed_per_s",
-           "rejected", "pipe_bytes", "pipe_capacity", "writes", "latency_p50_ms", "latency_p99_ms",
-           "latency_max_ms", "blocked_s", "collector_rss_mib", "collector_cpu_percent", "journal_bytes",
-           "journal_lag_bytes", "database_up", "landed_from", "marks")
+COLUMNS = (
+    "t_s",
+    "phase",
+    "lines_written",
+    "lines_dropped",
+    "written_per_s",
+    "rows_landed",
+    "landed_per_s",
+    "rejected",
+    "pipe_bytes",
+    "pipe_capacity",
+    "writes",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_max_ms",
+    "blocked_s",
+    "collector_rss_mib",
+    "collector_cpu_percent",
+    "journal_bytes",
+    "journal_lag_bytes",
+    "database_up",
+    "landed_from",
+    "marks",
+)
 MIB = 1024 * 1024
 # Rates are taken over at least this fraction of the interval (see Rate).
 MIN_RATE_SPAN = 0.75
@@ -68,11 +88,16 @@ def scrape_metrics(url: str, timeout: float = SCRAPE_TIMEOUT_S) -> CollectorView
         return None
     p = "namedpiper_collector_"
     return CollectorView(
-        lines_read=values.get(p + "lines_read_total", 0.0), rows_written=values[p + "rows_written_total"],
-        rejected=values.get(p + "rejected_lines_total", 0.0), pipe_bytes=values.get(p + "pipe_waiting_bytes"),
-        pipe_capacity=values.get(p + "pipe_capacity_bytes"), journal_bytes=values.get(p + "journal_bytes"),
-        journal_lag_bytes=values.get(p + "journal_uncommitted_bytes"), database_up=values.get(p + "database_up"),
-        process_start=values.get("process_start_time_seconds"))
+        lines_read=values.get(p + "lines_read_total", 0.0),
+        rows_written=values[p + "rows_written_total"],
+        rejected=values.get(p + "rejected_lines_total", 0.0),
+        pipe_bytes=values.get(p + "pipe_waiting_bytes"),
+        pipe_capacity=values.get(p + "pipe_capacity_bytes"),
+        journal_bytes=values.get(p + "journal_bytes"),
+        journal_lag_bytes=values.get(p + "journal_uncommitted_bytes"),
+        database_up=values.get(p + "database_up"),
+        process_start=values.get("process_start_time_seconds"),
+    )
 
 
 def pipe_fill(fifo: str) -> tuple[int, int] | None:
@@ -251,21 +276,38 @@ class Sampler:
         fill = pipe_fill(p.fifo)
         rss, cpu = self._collector_usage()
         s: dict = {
-            "t_s": t, "phase": self.phase, "lines_written": int(writers.get("sent", 0)),
-            "lines_dropped": int(writers.get("dropped", 0)), "written_per_s": None,
-            "rows_landed": None, "landed_per_s": None, "rejected": None,
-            "pipe_bytes": fill[0] if fill else None, "pipe_capacity": fill[1] if fill else None,
-            "writes": writes, "latency_p50_ms": p50, "latency_p99_ms": p99, "latency_max_ms": most,
-            "blocked_s": None, "collector_rss_mib": rss, "collector_cpu_percent": cpu,
+            "t_s": t,
+            "phase": self.phase,
+            "lines_written": int(writers.get("sent", 0)),
+            "lines_dropped": int(writers.get("dropped", 0)),
+            "written_per_s": None,
+            "rows_landed": None,
+            "landed_per_s": None,
+            "rejected": None,
+            "pipe_bytes": fill[0] if fill else None,
+            "pipe_capacity": fill[1] if fill else None,
+            "writes": writes,
+            "latency_p50_ms": p50,
+            "latency_p99_ms": p99,
+            "latency_max_ms": most,
+            "blocked_s": None,
+            "collector_rss_mib": rss,
+            "collector_cpu_percent": cpu,
             "journal_bytes": folder_bytes(p.journal) if p.journal is not None else None,
-            "journal_lag_bytes": None, "database_up": None, "landed_from": None, "marks": marks,
+            "journal_lag_bytes": None,
+            "database_up": None,
+            "landed_from": None,
+            "marks": marks,
         }
         prev = self._previous
         if view is not None:
-            s.update(rows_landed=int(self._landed.add(view.rows_written, view.process_start)),
-                     rejected=int(self._rejected.add(view.rejected, view.process_start)),
-                     landed_from="collector metrics", journal_lag_bytes=view.journal_lag_bytes,
-                     database_up=view.database_up)
+            s.update(
+                rows_landed=int(self._landed.add(view.rows_written, view.process_start)),
+                rejected=int(self._rejected.add(view.rejected, view.process_start)),
+                landed_from="collector metrics",
+                journal_lag_bytes=view.journal_lag_bytes,
+                database_up=view.database_up,
+            )
             if view.journal_bytes is not None:
                 s["journal_bytes"] = view.journal_bytes
         elif prev is not None:  # no answer this time (paused, restarting, stopped): the totals stand
@@ -280,7 +322,7 @@ class Sampler:
 
     def _new_marks(self) -> list[str]:
         """Fault markers since the last sample, and the spans they open and close."""
-        fresh = self.probes.marks[self._marks_seen:]
+        fresh = self.probes.marks[self._marks_seen :]
         self._marks_seen += len(fresh)
         out = []
         for when, edge, text in fresh:

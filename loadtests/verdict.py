@@ -154,27 +154,45 @@ def check(verdict: Verdict, options) -> list[Expectation]:
     if options.min_torn > 0:
         found.append(Expectation("min_torn", "torn or rejected lines", ">=", options.min_torn, t.torn_or_rejected))
     if options.min_rows_per_s > 0:
-        found.append(Expectation("min_rows_per_s", "rows/s end to end", ">=", options.min_rows_per_s,
-                                 verdict.rows_per_s))
+        found.append(
+            Expectation("min_rows_per_s", "rows/s end to end", ">=", options.min_rows_per_s, verdict.rows_per_s)
+        )
     unexplained = unexplained_bytes(t)
     if unexplained is not None:
         at_most("max_unaccounted_bytes", "bytes unaccounted for", abs(unexplained), options.max_unaccounted_bytes)
     hostile_default = 0 if options.hostile_every > 0 else -1
-    at_most("max_unexplained_rejections", "rejections no bad line explains", t.unexplained_rejections,
-            hostile_default if options.max_unexplained_rejections is None else options.max_unexplained_rejections)
-    at_most("max_bad_accepted", "bad lines not rejected", t.bad_accepted,
-            hostile_default if options.max_bad_accepted is None else options.max_bad_accepted)
+    at_most(
+        "max_unexplained_rejections",
+        "rejections no bad line explains",
+        t.unexplained_rejections,
+        hostile_default if options.max_unexplained_rejections is None else options.max_unexplained_rejections,
+    )
+    at_most(
+        "max_bad_accepted",
+        "bad lines not rejected",
+        t.bad_accepted,
+        hostile_default if options.max_bad_accepted is None else options.max_bad_accepted,
+    )
     if options.hostile_every > 0:
-        found.append(Expectation("hostile_sent", "bad lines sent (is the run too short for --hostile-every?)", ">=",
-                                 1, t.bad_sent))
-    found.append(Expectation("sent", "lines sent (none: is the run too short, or the FIFO unreadable?)", ">=", 1,
-                             t.sent))
+        found.append(
+            Expectation(
+                "hostile_sent", "bad lines sent (is the run too short for --hostile-every?)", ">=", 1, t.bad_sent
+            )
+        )
+    found.append(
+        Expectation("sent", "lines sent (none: is the run too short, or the FIFO unreadable?)", ">=", 1, t.sent)
+    )
     if verdict.collector_peak_rss_mib is not None:
-        at_most("max_collector_rss_mib", "collector peak RSS in MiB", verdict.collector_peak_rss_mib,
-                options.max_collector_rss_mib)
+        at_most(
+            "max_collector_rss_mib",
+            "collector peak RSS in MiB",
+            verdict.collector_peak_rss_mib,
+            options.max_collector_rss_mib,
+        )
     if verdict.collector_exit is not None:
-        found.append(Expectation("collector_exit", "collector exit status after SIGTERM", "=", 0,
-                                 verdict.collector_exit))
+        found.append(
+            Expectation("collector_exit", "collector exit status after SIGTERM", "=", 0, verdict.collector_exit)
+        )
     return found
 
 
@@ -187,25 +205,40 @@ def render(verdict: Verdict) -> str:
         f"{'source':<14}{'generated':>11}{'sent':>11}{'dropped':>9}{'landed':>11}{'missing':>9}{'dup':>6}{'order':>7}{'corrupt':>9}",
     ]
     for s in verdict.sources[:TABLE_SOURCES]:
-        lines.append(f"{s.source:<14}{s.generated:>11}{s.sent:>11}{s.dropped:>9}{s.landed:>11}{s.missing:>9}"
-                     f"{s.duplicated:>6}{s.out_of_order:>7}{s.corrupt:>9}")
+        lines.append(
+            f"{s.source:<14}{s.generated:>11}{s.sent:>11}{s.dropped:>9}{s.landed:>11}{s.missing:>9}"
+            f"{s.duplicated:>6}{s.out_of_order:>7}{s.corrupt:>9}"
+        )
     if len(verdict.sources) > TABLE_SOURCES:
         lines.append(f"... {len(verdict.sources) - TABLE_SOURCES} more sources in the JSON report")
-    lines.append(f"{'total':<14}{t.generated:>11}{t.sent:>11}{t.dropped:>9}{t.landed:>11}"
-                 f"{t.missing:>9}{t.duplicated:>6}{t.out_of_order:>7}{t.corrupt:>9}")
-    rejected = (f"{t.unexplained_rejections} rejected lines besides the bad ones" if t.bad_sent
-                else f"{t.rejected} rejected lines")
-    lines.append(f"lost {t.lost}, duplicated {t.duplicated}, torn or rejected {t.torn_or_rejected} "
-                 f"({rejected}, {t.corrupt} corrupt rows that parsed), interrupted by the stop {t.interrupted}")
+    lines.append(
+        f"{'total':<14}{t.generated:>11}{t.sent:>11}{t.dropped:>9}{t.landed:>11}"
+        f"{t.missing:>9}{t.duplicated:>6}{t.out_of_order:>7}{t.corrupt:>9}"
+    )
+    rejected = (
+        f"{t.unexplained_rejections} rejected lines besides the bad ones"
+        if t.bad_sent
+        else f"{t.rejected} rejected lines"
+    )
+    lines.append(
+        f"lost {t.lost}, duplicated {t.duplicated}, torn or rejected {t.torn_or_rejected} "
+        f"({rejected}, {t.corrupt} corrupt rows that parsed), interrupted by the stop {t.interrupted}"
+    )
     if t.bad_sent:
-        lines.append(f"hostile input: {t.bad_sent} bad lines sent, {t.rejected} lines rejected; unexplained "
-                     f"rejections {t.unexplained_rejections}, bad lines not rejected {t.bad_accepted}")
+        lines.append(
+            f"hostile input: {t.bad_sent} bad lines sent, {t.rejected} lines rejected; unexplained "
+            f"rejections {t.unexplained_rejections}, bad lines not rejected {t.bad_accepted}"
+        )
     if t.bytes is not None:
-        lines.append(f"bytes above PIPE_BUF: sent {t.bytes.sent_big}, landed or rejected {t.bytes.accounted}, "
-                     f"unaccounted {t.bytes.unaccounted} ({unexplained_bytes(t)} beyond what corrupt rows can hide)")
+        lines.append(
+            f"bytes above PIPE_BUF: sent {t.bytes.sent_big}, landed or rejected {t.bytes.accounted}, "
+            f"unaccounted {t.bytes.unaccounted} ({unexplained_bytes(t)} beyond what corrupt rows can hide)"
+        )
     lat = verdict.latency
-    lines.append(f"write latency p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms; "
-                 f"blocked {lat.blocked_s:.2f} s in total")
+    lines.append(
+        f"write latency p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms; "
+        f"blocked {lat.blocked_s:.2f} s in total"
+    )
     lines.append(f"throughput: {verdict.lines_per_s:.0f} lines/s written, {verdict.rows_per_s:.0f} rows/s end to end")
     if verdict.collector_peak_rss_mib is not None:
         lines.append(f"collector peak RSS {verdict.collector_peak_rss_mib} MiB")
@@ -215,12 +248,15 @@ def render(verdict: Verdict) -> str:
     width = max((len(e.name) for e in verdict.expectations), default=0)
     for e in verdict.expectations:
         mark = PASS_MARK if e.passed else FAIL_MARK
-        lines.append(f"  {mark} {e.name:<{width}}  {_number(e.observed):>12} {e.op} {_number(e.threshold):<10} "
-                     f"{e.what}")
+        lines.append(
+            f"  {mark} {e.name:<{width}}  {_number(e.observed):>12} {e.op} {_number(e.threshold):<10} {e.what}"
+        )
     if verdict.interrupted:
         skipped = "; the drain was skipped (second signal)" if verdict.drain_skipped else ""
-        lines.append(f"INTERRUPTED by {verdict.interrupted}: {t.landed} of {t.sent} sent lines landed{skipped}; "
-                     f"exit status {verdict.exit_code}")
+        lines.append(
+            f"INTERRUPTED by {verdict.interrupted}: {t.landed} of {t.sent} sent lines landed{skipped}; "
+            f"exit status {verdict.exit_code}"
+        )
     elif verdict.passed:
         lines.append("PASS: every expectation holds")
     else:

@@ -142,8 +142,9 @@ def landed_count(dsn: str, run_id: str, since) -> tuple[int, int]:
 
 def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts]) -> tuple[list[SourceResult], Totals]:
     """Compare what each source sent with what the database holds; return per-source results and totals."""
-    results = {src: SourceResult(src, c.generated, c.sent, c.dropped, c.interrupted, c.bad_sent)
-               for src, c in counts.items()}
+    results = {
+        src: SourceResult(src, c.generated, c.sent, c.dropped, c.interrupted, c.bad_sent) for src, c in counts.items()
+    }
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
@@ -161,11 +162,17 @@ def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts])
         conn.close()
     ordered = sorted(results.values(), key=lambda r: source_order(r.source))
     totals = Totals(
-        generated=sum(r.generated for r in ordered), sent=sum(r.sent for r in ordered),
-        dropped=sum(r.dropped for r in ordered), interrupted=sum(r.interrupted for r in ordered),
-        landed=sum(r.landed for r in ordered), duplicated=sum(r.duplicated for r in ordered),
-        out_of_order=sum(r.out_of_order for r in ordered), corrupt=sum(r.corrupt for r in ordered),
-        missing=sum(r.missing for r in ordered), rejected=rejected, bad_sent=sum(r.bad_sent for r in ordered),
+        generated=sum(r.generated for r in ordered),
+        sent=sum(r.sent for r in ordered),
+        dropped=sum(r.dropped for r in ordered),
+        interrupted=sum(r.interrupted for r in ordered),
+        landed=sum(r.landed for r in ordered),
+        duplicated=sum(r.duplicated for r in ordered),
+        out_of_order=sum(r.out_of_order for r in ordered),
+        corrupt=sum(r.corrupt for r in ordered),
+        missing=sum(r.missing for r in ordered),
+        rejected=rejected,
+        bad_sent=sum(r.bad_sent for r in ordered),
     )
     # Each hostile line sent on purpose is one rejected line: those explain no missing good line.
     totals.unexplained_rejections = max(0, rejected - totals.bad_sent)
@@ -182,8 +189,11 @@ def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts])
         sent_big += sum(c.partial_bytes for c in counts.values())
         # A rejected line consumed its newline, unless it was a fragment glued before a valid line or the
         # unfinished tail the collector held when it stopped.
-        totals.bytes = ByteAccount(sent_big=sent_big, accounted=landed_bytes + rejected_bytes + (rejected - no_newline),
-                                   in_corrupt_rows=corrupt_bytes)
+        totals.bytes = ByteAccount(
+            sent_big=sent_big,
+            accounted=landed_bytes + rejected_bytes + (rejected - no_newline),
+            in_corrupt_rows=corrupt_bytes,
+        )
     return ordered, totals
 
 

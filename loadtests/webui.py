@@ -22,8 +22,13 @@ REFUSED_POSTS = ("/user",)
 CHARTS_PATH = "/namedpiper/charts"
 
 
-def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict], finishing: Callable[[], bool],
-            charts: Callable[[], str] | None = None) -> None:
+def install(
+    web_ui,
+    rows: Callable[[], list[dict]],
+    verdict: Callable[[], dict],
+    finishing: Callable[[], bool],
+    charts: Callable[[], str] | None = None,
+) -> None:
     """Guard the API and add the verdict tab; rows() gives the tab's table, verdict() the JSON at /namedpiper,
     finishing() whether a stopped run is still draining or verifying, charts() the page at CHARTS_PATH."""
     app = web_ui.app
@@ -39,15 +44,24 @@ def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict],
         if path.endswith("/swarm"):
             bad = refused_fields(set(request.form.keys()))
             if bad:
-                log.warning("web UI: refused a start that sets %s (only load-shaping options may be set from the "
-                            "web UI; give the others on the command line)", ", ".join(bad))
-                return jsonify({"success": False, "message": f"namedpiper: {', '.join(bad)} cannot be set from "
-                                "the web UI; give them on the command line or in the config file"}), 403
+                log.warning(
+                    "web UI: refused a start that sets %s (only load-shaping options may be set from the "
+                    "web UI; give the others on the command line)",
+                    ", ".join(bad),
+                )
+                return jsonify(
+                    {
+                        "success": False,
+                        "message": f"namedpiper: {', '.join(bad)} cannot be set from "
+                        "the web UI; give them on the command line or in the config file",
+                    }
+                ), 403
         return None
 
     web_ui.template_args["extended_tabs"] = [{"title": "namedpiper verdict", "key": TAB_KEY}]
     web_ui.template_args["extended_tables"] = [
-        {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in TAB_COLUMNS]}]
+        {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in TAB_COLUMNS]}
+    ]
 
     @app.after_request
     def _extend_stats(response: Response) -> Response:
@@ -67,6 +81,7 @@ def install(web_ui, rows: Callable[[], list[dict]], verdict: Callable[[], dict],
         return jsonify(verdict())
 
     if charts is not None:
+
         @app.route(CHARTS_PATH)
         @web_ui.auth_required_if_enabled
         def _charts() -> Response:

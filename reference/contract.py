@@ -11,8 +11,7 @@ from typing import Annotated
 import msgspec
 
 # Column order of the logs table; COPY rows are built in this order, and the schema declares the fields in it.
-COLUMNS = ("time", "application_name", "environment_name", "log_event", "trace_id", "file_path", "host_ip",
-           "data")
+COLUMNS = ("time", "application_name", "environment_name", "log_event", "trace_id", "file_path", "host_ip", "data")
 TEXT_FIELDS = COLUMNS[1:7]
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
 
@@ -46,11 +45,15 @@ class Invalid(ValueError):
 
 # The grammar, ranges included; day 29-31 is checked against the month afterwards. ASCII digits only ([0-9]:
 # Python's \d also matches other scripts' digits).
-_TIME = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):([0-5][0-9]):"
-                   r"([0-5][0-9]|60)(?:\.([0-9]+))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))")
+_TIME = re.compile(
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):([0-5][0-9]):"
+    r"([0-5][0-9]|60)(?:\.([0-9]+))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
+)
 # The shape alone, to say which range a stamp of the right shape breaks.
-_TIME_SHAPE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
-                         r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))")
+_TIME_SHAPE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))"
+)
 TIME_RULE = "an RFC 3339 timestamp with an offset"
 TIME_HINT = "write YYYY-MM-DDTHH:MM:SS[.fraction] then Z or +HH:MM"
 # PostgreSQL refuses offsets beyond +-15:59 (RFC 3339 allows up to 23:59), and parses fractions of up to
@@ -102,8 +105,12 @@ def check_time_text(when: str) -> str:
     year, month, day, _hour, _minute, second, fraction, _sign, offset_hour, _offset_minute = match.groups()
     if day > "28" and int(day) > calendar.monthrange(int(year), int(month))[1]:
         raise Invalid(f"field 'time' {when!r} is not a real date and time: {year}-{month} has no day {day}")
-    if (second == "60" or (fraction is not None and len(fraction) > PG_FRACTION_DIGITS)
-            or (offset_hour is not None and offset_hour > PG_MAX_OFFSET_HOUR) or year in ("0000", "0001", "9999")):
+    if (
+        second == "60"
+        or (fraction is not None and len(fraction) > PG_FRACTION_DIGITS)
+        or (offset_hour is not None and offset_hour > PG_MAX_OFFSET_HOUR)
+        or year in ("0000", "0001", "9999")
+    ):
         return _utc_text(when, match)
     return when
 
@@ -118,11 +125,13 @@ def _utc_text(when: str, match: re.Match[str]) -> str:
     micro = round(float(f"0.{fraction}") * 1_000_000) if fraction else 0
     offset = 0 if sign is None else (int(offset_hour) * 60 + int(offset_minute)) * (1 if sign == "+" else -1)
     try:
-        instant = (datetime(int(year), int(month), int(day), int(hour), int(minute), tzinfo=UTC)
-                   + timedelta(seconds=int(second), microseconds=micro, minutes=-offset))
+        instant = datetime(int(year), int(month), int(day), int(hour), int(minute), tzinfo=UTC) + timedelta(
+            seconds=int(second), microseconds=micro, minutes=-offset
+        )
     except OverflowError:
-        raise Invalid(f"field 'time' {when!r} denotes an instant outside the years 0001-9999 (UTC), "
-                      "which the contract stores") from None
+        raise Invalid(
+            f"field 'time' {when!r} denotes an instant outside the years 0001-9999 (UTC), which the contract stores"
+        ) from None
     return instant.isoformat(sep=" ", timespec="microseconds")
 
 
@@ -131,8 +140,15 @@ def _time_reason(when: str) -> str:
     if shape is None:
         return f"field 'time' must be {TIME_RULE}, got {when[:64]!r} ({TIME_HINT})"
     _year, month, day, hour, minute, second, offset_hour, offset_minute = shape.groups()
-    ranges = (("month", month, 1, 12), ("day", day, 1, 31), ("hour", hour, 0, 23), ("minute", minute, 0, 59),
-              ("second", second, 0, 60), ("offset hour", offset_hour, 0, 23), ("offset minute", offset_minute, 0, 59))
+    ranges = (
+        ("month", month, 1, 12),
+        ("day", day, 1, 31),
+        ("hour", hour, 0, 23),
+        ("minute", minute, 0, 59),
+        ("second", second, 0, 60),
+        ("offset hour", offset_hour, 0, 23),
+        ("offset minute", offset_minute, 0, 59),
+    )
     for name, value, low, high in ranges:
         if value is not None and not low <= int(value) <= high:
             return f"field 'time' {when!r} is not a real date and time: {name} {value} is not {low:02d}-{high:02d}"
@@ -189,8 +205,10 @@ def nesting(raw: bytes) -> int:
 
 def nesting_reason(depth: int) -> str:
     """The reason for a line nested deeper than MAX_NESTING."""
-    return (f"JSON nested {depth} levels deep; at most {MAX_NESTING} are allowed (objects and arrays, the event "
-            "itself included)")
+    return (
+        f"JSON nested {depth} levels deep; at most {MAX_NESTING} are allowed (objects and arrays, the event "
+        "itself included)"
+    )
 
 
 def check_nesting(data: str) -> None:
@@ -243,8 +261,15 @@ def repeated_key_reason(raw: bytes) -> str:
 
 # --- schema errors as human reasons ----------------------------------------------------------------------------
 
-_MSGSPEC_TYPES = {"int": "number", "float": "number", "bool": "boolean", "null": "null", "array": "array",
-                  "object": "object", "str": "string"}
+_MSGSPEC_TYPES = {
+    "int": "number",
+    "float": "number",
+    "bool": "boolean",
+    "null": "null",
+    "array": "array",
+    "object": "object",
+    "str": "string",
+}
 _WRONG_TYPE = re.compile(r"Expected `(\w+)`(?: of length >= 1)?, got `(\w+)`(?: - at `\$\.(\w+)`)?")
 _MISSING = re.compile(r"Object missing required field `(.*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")

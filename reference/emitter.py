@@ -94,8 +94,12 @@ def run_writer(config: EmitterConfig) -> dict:
     finally:
         writer.close()
     elapsed = time.monotonic() - started
-    return {"source": config.source, "elapsed_seconds": round(elapsed, 3), "last_seq": factory.seq,
-            **writer.stats.as_dict()}
+    return {
+        "source": config.source,
+        "elapsed_seconds": round(elapsed, 3),
+        "last_seq": factory.seq,
+        **writer.stats.as_dict(),
+    }
 
 
 def _writer_process(config: EmitterConfig, results: multiprocessing.Queue) -> None:
@@ -123,8 +127,9 @@ def _collect(procs: list, queue) -> list[dict]:
         if dead and queue.empty():
             for p in procs:
                 p.terminate()
-            raise RuntimeError(f"writer process {dead[0].pid} died with exit code {dead[0].exitcode}; "
-                               "its error is printed above")
+            raise RuntimeError(
+                f"writer process {dead[0].pid} died with exit code {dead[0].exitcode}; its error is printed above"
+            )
     for p in procs:
         p.join()
     return results
@@ -142,8 +147,18 @@ def run(args: argparse.Namespace) -> dict:
     """Start the writers, wait for them, and return the summary of the whole run."""
     counts = split_count(args.count, args.writers)
     configs = [
-        EmitterConfig(args.fifo, args.size, counts[k], args.duration, args.rate / args.writers, args.seed,
-                      args.run_id, f"{args.source}{k}", args.nonblocking, args.lines_per_write)
+        EmitterConfig(
+            args.fifo,
+            args.size,
+            counts[k],
+            args.duration,
+            args.rate / args.writers,
+            args.seed,
+            args.run_id,
+            f"{args.source}{k}",
+            args.nonblocking,
+            args.lines_per_write,
+        )
         for k in range(args.writers)
     ]
     started = time.monotonic()
@@ -164,10 +179,15 @@ def run(args: argparse.Namespace) -> dict:
     for r in results:
         for key in ("lines_sent", "bytes_sent", "lines_dropped", "writes", "epipe", "eagain", "blocked_seconds"):
             setattr(total, key, getattr(total, key) + r[key])
-    return {"run": args.run_id, "writers": args.writers, "size": str(args.size), **total.as_dict(),
-               "elapsed_seconds": round(elapsed, 3),
-               "lines_per_second": round(total.lines_sent / elapsed) if elapsed > 0 else None,
-               "sources": sorted(results, key=lambda r: r["source"])}
+    return {
+        "run": args.run_id,
+        "writers": args.writers,
+        "size": str(args.size),
+        **total.as_dict(),
+        "elapsed_seconds": round(elapsed, 3),
+        "lines_per_second": round(total.lines_sent / elapsed) if elapsed > 0 else None,
+        "sources": sorted(results, key=lambda r: r["source"]),
+    }
 
 
 def _positive_int(text: str) -> int:
@@ -197,16 +217,27 @@ def build_parser() -> configargparse.ArgumentParser:
     option("--count", target=amount, type=int, help="lines in total, shared between writers (default 1000)")
     option("--duration", target=amount, type=float, help="write for this many seconds instead of a count")
     option("--rate", type=float, default=0, help="lines per second in total; 0 = as fast as possible")
-    option("--size", type=_size, default=parse_size("small"),
-           help="size class (small, medium, pipe_buf, over_pipe_buf, over_capacity) or MIN-MAX bytes")
+    option(
+        "--size",
+        type=_size,
+        default=parse_size("small"),
+        help="size class (small, medium, pipe_buf, over_pipe_buf, over_capacity) or MIN-MAX bytes",
+    )
     option("--writers", type=_positive_int, default=1, help="writer processes (default 1)")
     option("--seed", type=int, default=0, help="seed for reproducible events (default 0)")
     option("--run-id", default=None, help="run id stored in data._np.run (default: random)")
     option("--source", default="w", help="source prefix; writer k is SOURCE+k in data._np.src")
-    option("--lines-per-write", type=int, default=PACK_TO_PIPE_BUF,
-           help="lines per write; 0 (default) packs whole lines up to PIPE_BUF (4096 B) per write")
-    option("--nonblocking", action="store_true",
-           help="drop and count lines when the pipe is full or has no reader, instead of waiting")
+    option(
+        "--lines-per-write",
+        type=int,
+        default=PACK_TO_PIPE_BUF,
+        help="lines per write; 0 (default) packs whole lines up to PIPE_BUF (4096 B) per write",
+    )
+    option(
+        "--nonblocking",
+        action="store_true",
+        help="drop and count lines when the pipe is full or has no reader, instead of waiting",
+    )
     option("-v", "--verbose", action="store_true", help="log at debug level")
     return p
 
@@ -214,24 +245,34 @@ def build_parser() -> configargparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the writers, print one JSON summary line."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s emitter %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s emitter %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     if args.count is None and args.duration is None:
         args.count = 1000
-    problems = [text for bad, text in (
-        (args.count is not None and args.count < 0, "--count must be 0 or more"),
-        (args.duration is not None and args.duration <= 0, "--duration must be more than 0 seconds"),
-        (args.rate < 0, "--rate must be 0 (as fast as possible) or more lines per second"),
-        (args.lines_per_write < 0, "--lines-per-write must be 0 (pack up to PIPE_BUF) or more"),
-    ) if bad]
+    problems = [
+        text
+        for bad, text in (
+            (args.count is not None and args.count < 0, "--count must be 0 or more"),
+            (args.duration is not None and args.duration <= 0, "--duration must be more than 0 seconds"),
+            (args.rate < 0, "--rate must be 0 (as fast as possible) or more lines per second"),
+            (args.lines_per_write < 0, "--lines-per-write must be 0 (pack up to PIPE_BUF) or more"),
+        )
+        if bad
+    ]
     if problems:
         print(f"error: {problems[0]}", file=sys.stderr)
         return 2
     args.run_id = args.run_id or secrets.token_hex(4)
     last_source = f"{args.source}{args.writers - 1}"
     if len(args.run_id) > MAX_RUN_ID_LENGTH or not 0 < len(last_source) <= MAX_SOURCE_LENGTH:
-        print(f"error: --run-id takes up to {MAX_RUN_ID_LENGTH} characters and --source plus the writer number "
-              f"up to {MAX_SOURCE_LENGTH} ({args.run_id!r}, {last_source!r}); shorten them", file=sys.stderr)
+        print(
+            f"error: --run-id takes up to {MAX_RUN_ID_LENGTH} characters and --source plus the writer number "
+            f"up to {MAX_SOURCE_LENGTH} ({args.run_id!r}, {last_source!r}); shorten them",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
@@ -241,13 +282,27 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(MAX_PACING_SLEEP_S)
         if _stop_requested:
             log.warning("stopped before %s appeared; nothing was written", args.fifo)
-            print(orjson.dumps({"run": args.run_id, "writers": args.writers, "size": str(args.size),
-                                **WriterStats().as_dict(), "elapsed_seconds": 0, "lines_per_second": None,
-                                "sources": []}).decode(), flush=True)
+            print(
+                orjson.dumps(
+                    {
+                        "run": args.run_id,
+                        "writers": args.writers,
+                        "size": str(args.size),
+                        **WriterStats().as_dict(),
+                        "elapsed_seconds": 0,
+                        "lines_per_second": None,
+                        "sources": [],
+                    }
+                ).decode(),
+                flush=True,
+            )
             return EXIT_STOPPED_SHORT
     if os.path.exists(args.fifo) and not stat.S_ISFIFO(os.stat(args.fifo).st_mode):
-        print(f"error: {args.fifo} is {describe_kind(os.stat(args.fifo).st_mode)}, not a FIFO; "
-              "point --fifo at the collector's FIFO", file=sys.stderr)
+        print(
+            f"error: {args.fifo} is {describe_kind(os.stat(args.fifo).st_mode)}, not a FIFO; "
+            "point --fifo at the collector's FIFO",
+            file=sys.stderr,
+        )
         return 2
     try:
         summary = run(args)
@@ -255,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(summary).decode(), flush=True)
-    short = (args.count is not None and summary["lines_sent"] + summary["lines_dropped"] < args.count) or \
-        (args.duration is not None and _stop_requested)
+    short = (args.count is not None and summary["lines_sent"] + summary["lines_dropped"] < args.count) or (
+        args.duration is not None and _stop_requested
+    )
     return EXIT_STOPPED_SHORT if short else 0
 
 

@@ -33,7 +33,7 @@ BOOKKEEPING_KEY = "_np"
 CHECK_HEX = 6
 CHECK_LENGTH = 2 * CHECK_HEX + 1
 # The RFC 4122 variant: the 17th hex digit of a UUID is one of 8, 9, a, b; map any random digit onto them.
-_UUID_VARIANT = {ord(d): b"89ab"[int(d, 16) & 3:(int(d, 16) & 3) + 1] for d in "0123456789abcdef"}
+_UUID_VARIANT = {ord(d): b"89ab"[int(d, 16) & 3 : (int(d, 16) & 3) + 1] for d in "0123456789abcdef"}
 CHECKED_FIELDS = ("application_name", "environment_name", "log_event", "file_path", "host_ip")
 
 APPLICATIONS = ("WebApp", "LoadBalancer", "AuthService", "PaymentService", "Inventory", "Scheduler", "Search")
@@ -70,8 +70,7 @@ class Template:
     def content_sum(self, digits: int) -> bytes:
         """The content half of data._np.chk: md5 over the text fields and the message, as SQL can recompute it."""
         message = orjson.loads(b'"' + self.padding_for(digits) + b'"')
-        return hashlib.md5(f"{self.fields}|{message}".encode(), usedforsecurity=False).hexdigest()[
-            :CHECK_HEX].encode()
+        return hashlib.md5(f"{self.fields}|{message}".encode(), usedforsecurity=False).hexdigest()[:CHECK_HEX].encode()
 
 
 def _traceback(fake: Faker) -> str:
@@ -132,7 +131,7 @@ def filler_text(seed: int) -> tuple[bytes, bytes]:
 def _sentence_starts(seed: int) -> tuple[int, ...]:
     """Offsets in the plain filler text where a sentence begins."""
     plain = filler_text(seed)[1]
-    return (0, *(i + 2 for i in range(len(plain) - 2) if plain[i:i + 2] == b". "))
+    return (0, *(i + 2 for i in range(len(plain) - 2) if plain[i : i + 2] == b". "))
 
 
 def _padding(seed: int, length: int, variant: int = 0) -> bytes:
@@ -153,7 +152,7 @@ def _padding(seed: int, length: int, variant: int = 0) -> bytes:
     while len(out) < body:
         out += text[: body - len(out)]
     # The last MAX_SEQ_DIGITS bytes must be plain text, so the seq can grow by cutting them.
-    return bytes(out) + text[len(text) - MAX_SEQ_DIGITS:]
+    return bytes(out) + text[len(text) - MAX_SEQ_DIGITS :]
 
 
 def build_template(record: dict, size: int, run_id: str, source: str, seed: int, variant: int = 0) -> Template:
@@ -161,11 +160,17 @@ def build_template(record: dict, size: int, run_id: str, source: str, seed: int,
     time_marker, trace_marker = "\x01TIME\x01", "\x01TRACE\x01"
     shapes: tuple[dict, dict] = (record["data"], {})  # the record's data, and an empty one when it cannot fit
     for data in shapes:
-        event = {"time": time_marker, **{k: record[k] for k in ("application_name", "environment_name",
-                                                                   "log_event")}, "trace_id": trace_marker,
-                 **{k: record[k] for k in ("file_path", "host_ip")},
-                 "data": {**data, "message": "\x01PAD\x01", BOOKKEEPING_KEY: {
-                     "run": run_id, "src": source, "chk": "\x01CHK\x01", "seq": 0}}}
+        event = {
+            "time": time_marker,
+            **{k: record[k] for k in ("application_name", "environment_name", "log_event")},
+            "trace_id": trace_marker,
+            **{k: record[k] for k in ("file_path", "host_ip")},
+            "data": {
+                **data,
+                "message": "\x01PAD\x01",
+                BOOKKEEPING_KEY: {"run": run_id, "src": source, "chk": "\x01CHK\x01", "seq": 0},
+            },
+        }
         encoded = orjson.dumps(event)
         head, rest = encoded.split(orjson.dumps(time_marker)[1:-1], 1)
         after_time, rest = rest.split(orjson.dumps(trace_marker)[1:-1], 1)
@@ -177,8 +182,16 @@ def build_template(record: dict, size: int, run_id: str, source: str, seed: int,
         pad_length = size - fixed
         if pad_length >= MAX_SEQ_DIGITS:
             fields = "|".join(record[k] for k in CHECKED_FIELDS)
-            return Template(head, after_time, after_trace, _padding(seed, pad_length, variant), before_check,
-                            after_check, tail + b"\n", fields)
+            return Template(
+                head,
+                after_time,
+                after_trace,
+                _padding(seed, pad_length, variant),
+                before_check,
+                after_check,
+                tail + b"\n",
+                fields,
+            )
     raise ValueError(f"an event line of {size} bytes is too small: this one needs {fixed + MAX_SEQ_DIGITS}")
 
 
@@ -202,8 +215,14 @@ class EventFactory:
         average = (size.low + size.high) // 2
         count = max(1, min(MAX_TEMPLATES, TEMPLATE_MEMORY_BUDGET // max(average, 1)))
         self._templates = [
-            build_template(self._rng.choice(pool), self._rng.randint(size.low, size.high), run_id, source, seed,
-                           self._rng.randrange(1 << 16))
+            build_template(
+                self._rng.choice(pool),
+                self._rng.randint(size.low, size.high),
+                run_id,
+                source,
+                seed,
+                self._rng.randrange(1 << 16),
+            )
             for _ in range(count)
         ]
         self._parts: list[dict[int, tuple[bytes, bytes]]] = [{} for _ in self._templates]
@@ -228,7 +247,7 @@ class EventFactory:
         digits = b"%0*x" % (32 * count, self._trace_rng.getrandbits(128 * count))
         return [
             b"%s-%s-4%s-%s%s-%s" % (h[:8], h[8:12], h[13:16], _UUID_VARIANT[h[16]], h[17:20], h[20:])
-            for h in (digits[k - 32:k] for k in range(32 * count, 0, -32))
+            for h in (digits[k - 32 : k] for k in range(32 * count, 0, -32))
         ]
 
     def line(self) -> bytes:
@@ -247,7 +266,23 @@ class EventFactory:
             parts = parts_by_template[index].get(len(seq))
             if parts is None:  # once per template and seq width: the md5 is not paid per line
                 parts = parts_by_template[index][len(seq)] = (
-                    t.padding_for(len(seq)) + t.before_check, b"-" + t.content_sum(len(seq)) + t.after_check)
-            out.append(b"".join((t.head, self._time(), t.after_time, trace, t.after_trace, parts[0], trace[:CHECK_HEX],
-                                 parts[1], seq, t.tail)))
+                    t.padding_for(len(seq)) + t.before_check,
+                    b"-" + t.content_sum(len(seq)) + t.after_check,
+                )
+            out.append(
+                b"".join(
+                    (
+                        t.head,
+                        self._time(),
+                        t.after_time,
+                        trace,
+                        t.after_trace,
+                        parts[0],
+                        trace[:CHECK_HEX],
+                        parts[1],
+                        seq,
+                        t.tail,
+                    )
+                )
+            )
         return out

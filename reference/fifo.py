@@ -65,11 +65,14 @@ def _create(path: Path, mode: int) -> bool:
     except FileExistsError:
         return False  # someone else made it in between: checked like any existing FIFO
     except FileNotFoundError:
-        raise FifoPathError(f"cannot create the FIFO {path}: the folder {path.parent} does not exist; "
-                            "create it or choose another path") from None
+        raise FifoPathError(
+            f"cannot create the FIFO {path}: the folder {path.parent} does not exist; create it or choose another path"
+        ) from None
     except PermissionError:
-        raise FifoPathError(f"cannot create the FIFO {path}: no permission to write in {path.parent}; "
-                            "choose another path or run as a user who may") from None
+        raise FifoPathError(
+            f"cannot create the FIFO {path}: no permission to write in {path.parent}; "
+            "choose another path or run as a user who may"
+        ) from None
     return True
 
 
@@ -133,13 +136,15 @@ def check_fifo_access(path: str | os.PathLike[str], st: os.stat_result, mode: in
     if st.st_uid not in (os.geteuid(), 0):
         raise FifoPermissionError(
             f"the FIFO {path} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}) or root: its owner "
-            "can read the lines or give others access; remove it and let the collector create it")
+            "can read the lines or give others access; remove it and let the collector create it"
+        )
     extra = stat.S_IMODE(st.st_mode) & ~mode
     if extra:
         raise FifoPermissionError(
             f"the FIFO {path} has mode {stat.S_IMODE(st.st_mode):04o}, more than --fifo-mode {mode:04o} allows "
             f"(extra {extra:04o}): those users could read lines or forge rows; run `chmod {mode:o} {path}` or "
-            "pass the --fifo-mode you mean")
+            "pass the --fifo-mode you mean"
+        )
 
 
 def pipe_max_size() -> int:

@@ -25,9 +25,12 @@ def open_fifo_for_writing(path: str) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISFIFO(mode):
         os.close(fd)
-        raise NotAFifoError(f"{path} is {describe_kind(mode)}, not a FIFO (was the FIFO removed or replaced?); "
-                            "nothing was written to it: point --fifo at the collector's FIFO")
+        raise NotAFifoError(
+            f"{path} is {describe_kind(mode)}, not a FIFO (was the FIFO removed or replaced?); "
+            "nothing was written to it: point --fifo at the collector's FIFO"
+        )
     return fd
+
 
 # How often a writer with no reader checks whether one has appeared: a blocking writer sleeps in between,
 # a non-blocking one drops (and counts) its lines in between. Either way no busy loop.

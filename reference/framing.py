@@ -10,8 +10,9 @@ from reference.fifo import PIPE_BUF
 PACK_TO_PIPE_BUF = 0
 
 
-def frames(lines: Iterable[bytes], lines_per_write: int = PACK_TO_PIPE_BUF, limit: int = PIPE_BUF
-           ) -> Iterator[list[bytes]]:
+def frames(
+    lines: Iterable[bytes], lines_per_write: int = PACK_TO_PIPE_BUF, limit: int = PIPE_BUF
+) -> Iterator[list[bytes]]:
     """Yield lists of lines, one list per write.
 
     With lines_per_write == 0, whole lines are packed while the write stays within limit, and a line larger

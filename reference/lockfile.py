@@ -29,20 +29,26 @@ def acquire(path: str | os.PathLike[str], what: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_FILE_MODE)
     except OSError as exc:
-        raise LockHeldError(f"cannot open the lock file {path} for {what}: {exc.strerror}; "
-                            "remove it if it is a symbolic link, or check the folder's permissions") from None
+        raise LockHeldError(
+            f"cannot open the lock file {path} for {what}: {exc.strerror}; "
+            "remove it if it is a symbolic link, or check the folder's permissions"
+        ) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
         os.close(fd)
-        raise LockHeldError(f"the lock file {path} for {what} belongs to uid {st.st_uid}, not to this user "
-                            f"(uid {os.geteuid()}): someone else may be holding it; remove it")
+        raise LockHeldError(
+            f"the lock file {path} for {what} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()}): someone else may be holding it; remove it"
+        )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, PID_BYTES, 0).decode(errors="replace").strip() or "unknown (it is just starting)"
         os.close(fd)
-        raise LockHeldError(f"{what} is in use by another collector (pid {holder}; lock file {path}); stop that "
-                            "collector first, or give this one its own") from None
+        raise LockHeldError(
+            f"{what} is in use by another collector (pid {holder}; lock file {path}); stop that "
+            "collector first, or give this one its own"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -140,14 +140,30 @@ def measure_capacity() -> list[Fact]:
         capacity, pipe_buf, ceiling = get_pipe_size(fd), os.fpathconf(fd, "PC_PIPE_BUF"), pipe_max_size()
         raised = set_pipe_size(fd, ceiling)
     return [
-        Fact("capacity", "default capacity of a new FIFO (F_GETPIPE_SZ)", capacity,
-             "A writer runs this many bytes ahead of the reader before it blocks or gets EAGAIN."),
-        Fact("pipe_max_size", "ceiling for F_SETPIPE_SZ (/proc/sys/fs/pipe-max-size)", ceiling,
-             "An unprivileged process may raise a pipe's capacity up to this."),
-        Fact("raised_capacity", "capacity after F_SETPIPE_SZ(pipe-max-size)", raised,
-             "set_pipe_size raises the capacity to the ceiling."),
-        Fact("pipe_buf", "PIPE_BUF (fpathconf PC_PIPE_BUF)", pipe_buf,
-             "A write of at most this many bytes is atomic: never mixed with other writers."),
+        Fact(
+            "capacity",
+            "default capacity of a new FIFO (F_GETPIPE_SZ)",
+            capacity,
+            "A writer runs this many bytes ahead of the reader before it blocks or gets EAGAIN.",
+        ),
+        Fact(
+            "pipe_max_size",
+            "ceiling for F_SETPIPE_SZ (/proc/sys/fs/pipe-max-size)",
+            ceiling,
+            "An unprivileged process may raise a pipe's capacity up to this.",
+        ),
+        Fact(
+            "raised_capacity",
+            "capacity after F_SETPIPE_SZ(pipe-max-size)",
+            raised,
+            "set_pipe_size raises the capacity to the ceiling.",
+        ),
+        Fact(
+            "pipe_buf",
+            "PIPE_BUF (fpathconf PC_PIPE_BUF)",
+            pipe_buf,
+            "A write of at most this many bytes is atomic: never mixed with other writers.",
+        ),
     ]
 
 
@@ -161,11 +177,18 @@ def measure_full_pipe() -> Fact:
         except BlockingIOError as exc:
             next_write = _errno_name(exc)
         read_back = _read_now(reader)
-    value = {"filled": len(written), "next_write": next_write,
-             "first_bytes_intact": read_back[:PIPE_BUF] == written[:PIPE_BUF],
-             "all_bytes_in_order": read_back == written}
-    return Fact("full_pipe_nonblocking", "write into a full FIFO (O_NONBLOCK)", value,
-                "A full pipe fails the write with EAGAIN; the first bytes written are the first read.")
+    value = {
+        "filled": len(written),
+        "next_write": next_write,
+        "first_bytes_intact": read_back[:PIPE_BUF] == written[:PIPE_BUF],
+        "all_bytes_in_order": read_back == written,
+    }
+    return Fact(
+        "full_pipe_nonblocking",
+        "write into a full FIFO (O_NONBLOCK)",
+        value,
+        "A full pipe fails the write with EAGAIN; the first bytes written are the first read.",
+    )
 
 
 def measure_blocking_write() -> Fact:
@@ -180,10 +203,17 @@ def measure_blocking_write() -> Fact:
             blocked = wait([future], BLOCK_PROBE_SECONDS).not_done == {future}
             os.read(reader, PIPE_BUF)  # frees one page
             count = _await(future, fds, reader)
-    value = {"blocked_after_probe": blocked, "completed_after_read": count == 1,
-             "blocked_for_s": round(time.perf_counter() - start, 2)}
-    return Fact("full_pipe_blocking", "write into a full FIFO (blocking fd)", value,
-                "A full pipe blocks the writer until the reader reads; nothing is dropped.")
+    value = {
+        "blocked_after_probe": blocked,
+        "completed_after_read": count == 1,
+        "blocked_for_s": round(time.perf_counter() - start, 2),
+    }
+    return Fact(
+        "full_pipe_blocking",
+        "write into a full FIFO (blocking fd)",
+        value,
+        "A full pipe blocks the writer until the reader reads; nothing is dropped.",
+    )
 
 
 def measure_large_write() -> Fact:
@@ -200,8 +230,12 @@ def measure_large_write() -> Fact:
                     received += _read_now(reader)
             count = _await(future, fds, reader)
     value = {"asked": LARGE_WRITE_BYTES, "returned": count, "intact": received == payload}
-    return Fact("large_write", "one write of 100,000 bytes, reader draining", value,
-                "A write larger than PIPE_BUF is allowed and completes; it is not atomic.")
+    return Fact(
+        "large_write",
+        "one write of 100,000 bytes, reader draining",
+        value,
+        "A write larger than PIPE_BUF is allowed and completes; it is not atomic.",
+    )
 
 
 def measure_partial_write() -> Fact:
@@ -209,9 +243,12 @@ def measure_partial_write() -> Fact:
     with _scratch() as (path, fds):
         fds.open(path, RD)
         count = os.write(fds.open(path, WR), b"p" * LARGE_WRITE_BYTES)
-    return Fact("partial_write", "non-blocking write of 100,000 bytes, empty FIFO",
-                {"asked": LARGE_WRITE_BYTES, "returned": count},
-                "Above the free space a non-blocking write takes what fits: the caller loops on the count.")
+    return Fact(
+        "partial_write",
+        "non-blocking write of 100,000 bytes, empty FIFO",
+        {"asked": LARGE_WRITE_BYTES, "returned": count},
+        "Above the free space a non-blocking write takes what fits: the caller loops on the count.",
+    )
 
 
 def measure_torn_lines(size: int, lines: int, writers: int) -> Fact:
@@ -221,10 +258,14 @@ def measure_torn_lines(size: int, lines: int, writers: int) -> Fact:
             torn, total = count_torn_lines(path, fds.open(path, RD), size, lines, writers)
         except TornLinesError as exc:
             raise MeasurementError(str(exc)) from None
-    return Fact(f"torn_lines_{size}", f"torn {size:,}-byte lines, {writers} writers x {lines}",
-                {"torn": torn, "lines": total},
-                "At most PIPE_BUF a write is atomic: 0 torn is guaranteed." if size <= PIPE_BUF
-                else "Above PIPE_BUF lines may interleave: measured, not guaranteed.")
+    return Fact(
+        f"torn_lines_{size}",
+        f"torn {size:,}-byte lines, {writers} writers x {lines}",
+        {"torn": torn, "lines": total},
+        "At most PIPE_BUF a write is atomic: 0 torn is guaranteed."
+        if size <= PIPE_BUF
+        else "Above PIPE_BUF lines may interleave: measured, not guaranteed.",
+    )
 
 
 def measure_open_without_reader() -> Fact:
@@ -234,8 +275,12 @@ def measure_open_without_reader() -> Fact:
             outcome = f"opened fd {fds.open(path, WR)}"
         except OSError as exc:
             outcome = _errno_name(exc)
-    return Fact("open_without_reader", "non-blocking open(O_WRONLY) with no reader", outcome,
-                "A non-blocking writer retries its open until a reader is there.")
+    return Fact(
+        "open_without_reader",
+        "non-blocking open(O_WRONLY) with no reader",
+        outcome,
+        "A non-blocking writer retries its open until a reader is there.",
+    )
 
 
 def measure_write_without_reader() -> Fact:
@@ -247,9 +292,12 @@ def measure_write_without_reader() -> Fact:
             outcome = f"accepted {os.write(writer, b'x')} byte"
         except BrokenPipeError as exc:
             outcome = f"{_errno_name(exc)} (BrokenPipeError)"
-    return Fact("write_without_reader", "write after the last reader closed",
-                {"outcome": outcome, "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN},
-                "The writer learns the collector is gone; Python ignores SIGPIPE, so the write raises.")
+    return Fact(
+        "write_without_reader",
+        "write after the last reader closed",
+        {"outcome": outcome, "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN},
+        "The writer learns the collector is gone; Python ignores SIGPIPE, so the write raises.",
+    )
 
 
 def measure_data_kept() -> Fact:
@@ -260,9 +308,12 @@ def measure_data_kept() -> Fact:
         os.write(writer, payload)
         fds.close(first)  # what the kernel does when the reader process exits
         data = _read_now(fds.open(path, RD))
-    return Fact("data_kept_for_next_reader", "unread data after the only reader exits",
-                {"written": len(payload), "read_by_new_reader": len(data), "intact": data == payload},
-                "A restarted collector reads what its predecessor left, if a writer held the FIFO open.")
+    return Fact(
+        "data_kept_for_next_reader",
+        "unread data after the only reader exits",
+        {"written": len(payload), "read_by_new_reader": len(data), "intact": data == payload},
+        "A restarted collector reads what its predecessor left, if a writer held the FIFO open.",
+    )
 
 
 def measure_eof() -> Fact:
@@ -278,8 +329,12 @@ def measure_eof() -> Fact:
             one_left = _errno_name(exc)
         fds.close(second)
         value = {"one_writer_left": one_left, "all_writers_closed": repr(os.read(reader, 1))}
-    return Fact("eof_when_writers_close", "read when writers close", value,
-                "EOF (b'') comes only after every writer closed; the reader then reopens or holds O_RDWR.")
+    return Fact(
+        "eof_when_writers_close",
+        "read when writers close",
+        value,
+        "EOF (b'') comes only after every writer closed; the reader then reopens or holds O_RDWR.",
+    )
 
 
 def measure_rdwr_open() -> Fact:
@@ -288,8 +343,12 @@ def measure_rdwr_open() -> Fact:
         fd = fds.open(path, os.O_RDWR)  # Linux never blocks this open (fifo(7))
         os.write(fd, b"self")
         value = {"opened": True, "reads_own_write": os.read(fd, 4) == b"self"}
-    return Fact("rdwr_open", "open(O_RDWR) with no other party", value,
-                "Works on Linux (undefined by POSIX): a reader holding O_RDWR never sees EOF.")
+    return Fact(
+        "rdwr_open",
+        "open(O_RDWR) with no other party",
+        value,
+        "Works on Linux (undefined by POSIX): a reader holding O_RDWR never sees EOF.",
+    )
 
 
 def measure_all(sizes: Sequence[int], lines: int, writers: int) -> list[Fact]:
@@ -297,16 +356,21 @@ def measure_all(sizes: Sequence[int], lines: int, writers: int) -> list[Fact]:
     facts = measure_capacity()
     facts += [measure_full_pipe(), measure_blocking_write(), measure_large_write(), measure_partial_write()]
     facts += [measure_torn_lines(size, lines, writers) for size in sizes]
-    return [*facts, measure_open_without_reader(), measure_write_without_reader(), measure_data_kept(),
-            measure_eof(), measure_rdwr_open()]
+    return [
+        *facts,
+        measure_open_without_reader(),
+        measure_write_without_reader(),
+        measure_data_kept(),
+        measure_eof(),
+        measure_rdwr_open(),
+    ]
 
 
 def format_table(facts: Sequence[Fact]) -> str:
     """A markdown table of the facts, followed by the two corrections."""
     rows = [("fact", "measured", "what it shows")] + [(f.label, _render(f.value), f.shows) for f in facts]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |"
-             for row in rows]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     header = f"Linux FIFO facts measured on kernel {platform.release()} ({platform.machine()})"
     return "\n".join([header, "", *lines, "", "Corrections:", *(f"- {c}" for c in CORRECTIONS)])
@@ -317,16 +381,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference.pipefacts", description=__doc__)
     parser.add_argument("--version", action="version", version=VERSION_TEXT)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
-                        help="comma-separated torn-line sizes in bytes, newline included (%(default)s)")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="comma-separated torn-line sizes in bytes, newline included (%(default)s)",
+    )
     parser.add_argument("--lines", type=int, default=DEFAULT_LINES, help="lines per writer (%(default)s)")
     parser.add_argument("--writers", type=int, default=DEFAULT_WRITERS, help="writer processes (%(default)s)")
     args = parser.parse_args(argv)
     sizes = [int(part) for part in args.sizes.split(",") if part.strip().isdigit()]
-    if len(sizes) != len(args.sizes.split(",")) or min(sizes, default=0) < 2 or args.lines < 1 \
-            or not 1 <= args.writers <= len(WRITER_TAGS):
-        parser.error(f"need --sizes like 4096,65536 (each >= 2: a tag and a newline), --lines >= 1, "
-                     f"1 <= --writers <= {len(WRITER_TAGS)}")
+    if (
+        len(sizes) != len(args.sizes.split(","))
+        or min(sizes, default=0) < 2
+        or args.lines < 1
+        or not 1 <= args.writers <= len(WRITER_TAGS)
+    ):
+        parser.error(
+            f"need --sizes like 4096,65536 (each >= 2: a tag and a newline), --lines >= 1, "
+            f"1 <= --writers <= {len(WRITER_TAGS)}"
+        )
     try:
         facts = measure_all(sizes, args.lines, args.writers)
     except MeasurementError as exc:

@@ -62,12 +62,15 @@ def _use_timescaledb(conn: psycopg2.extensions.connection) -> bool:
         raise TimescaleDBNotPreloadedError(
             "the database has the timescaledb extension but the server was started without it in "
             "shared_preload_libraries, so creating or changing a table would end the session; add "
-            "shared_preload_libraries = 'timescaledb' to postgresql.conf and restart the server")
+            "shared_preload_libraries = 'timescaledb' to postgresql.conf and restart the server"
+        )
     if not _fallback_warned:
         _fallback_warned = True
-        log.warning("TimescaleDB is installed on the server but not in shared_preload_libraries: logs is a plain "
-                    "table. Add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart the server; "
-                    "the next collector start then turns logs into a hypertable, keeping its rows")
+        log.warning(
+            "TimescaleDB is installed on the server but not in shared_preload_libraries: logs is a plain "
+            "table. Add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart the server; "
+            "the next collector start then turns logs into a hypertable, keeping its rows"
+        )
     return False
 
 

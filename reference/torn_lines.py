@@ -86,9 +86,13 @@ def count_torn_lines(path: str, reader: int, size: int, lines: int, writers: int
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for tag in WRITER_TAGS[:writers]:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", WRITER_SCRIPT, path, tag, str(size), str(lines)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", WRITER_SCRIPT, path, tag, str(size), str(lines)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         torn, total = _judge_lines(reader, procs, size)
     finally:
         failures = _reap(procs)

@@ -19,8 +19,10 @@ def choose(name: str, collector_cmd: str) -> Adapter:
     --collector; any other command with another --collector is ambiguous.
     """
     if name not in ADAPTERS:
-        raise ValueError(f"--collector {name!r}: no such adapter; shipped: {', '.join(sorted(ADAPTERS))} "
-                         "(or --collector-cmd for any other command)")
+        raise ValueError(
+            f"--collector {name!r}: no such adapter; shipped: {', '.join(sorted(ADAPTERS))} "
+            "(or --collector-cmd for any other command)"
+        )
     if name == "reference":
         return Reference(collector_cmd.strip() or DEFAULT_COMMAND)
     command = collector_cmd.strip()

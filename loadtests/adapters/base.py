@@ -82,8 +82,10 @@ def template_argv(template: str, ctx: Context) -> list[str]:
     """A command template's argument list: {fifo}, {dsn}, {journal} (a folder in the run's folder), {python}."""
     import sys
 
-    return [part.format(fifo=ctx.fifo, dsn=ctx.dsn, python=sys.executable, journal=str(ctx.run_dir / "journal"))
-            for part in shlex.split(template)]
+    return [
+        part.format(fifo=ctx.fifo, dsn=ctx.dsn, python=sys.executable, journal=str(ctx.run_dir / "journal"))
+        for part in shlex.split(template)
+    ]
 
 
 def dsn_environment(dsn: str) -> dict[str, str]:

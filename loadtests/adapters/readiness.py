@@ -38,10 +38,16 @@ def check_strategy(text: str) -> str:
 
 def probe_line(run_id: str) -> bytes:
     """A valid event line with its own run id (never the run's): stored, it proves FIFO-to-table works."""
-    event = {"time": time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime()),
-             "application_name": "namedpiper", "environment_name": "probe", "log_event": "ready",
-             "trace_id": "00000000-0000-4000-8000-000000000000", "file_path": "loadtests/adapters/readiness.py",
-             "host_ip": "127.0.0.1", "data": {"message": "readiness probe", "_np": {"run": run_id}}}
+    event = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime()),
+        "application_name": "namedpiper",
+        "environment_name": "probe",
+        "log_event": "ready",
+        "trace_id": "00000000-0000-4000-8000-000000000000",
+        "file_path": "loadtests/adapters/readiness.py",
+        "host_ip": "127.0.0.1",
+        "data": {"message": "readiness probe", "_np": {"run": run_id}},
+    }
     return orjson.dumps(event) + b"\n"
 
 
@@ -74,8 +80,9 @@ def _write_probe(fifo: str, line: bytes) -> bool:
     return True
 
 
-def wait_ready(proc: CollectorProcess, adapter: Adapter, ctx: Context, strategy: str,
-               timeout: float = READY_TIMEOUT_S) -> None:
+def wait_ready(
+    proc: CollectorProcess, adapter: Adapter, ctx: Context, strategy: str, timeout: float = READY_TIMEOUT_S
+) -> None:
     """Wait until the collector is ready by strategy; CollectorError with its log's tail when it never is."""
     if strategy == "fifo":
         proc.wait_until(lambda: has_reader(ctx.fifo), f"opening {ctx.fifo}", timeout)
@@ -90,16 +97,18 @@ def wait_ready(proc: CollectorProcess, adapter: Adapter, ctx: Context, strategy:
                 return False
             return _sql_true(ctx.dsn, PROBE_SQL, (run_id,))
 
-        proc.wait_until(seen, f"storing a probe line in logs (run id {run_id}; is the database reachable with "
-                              "the DSN it was given?)", timeout)
+        proc.wait_until(
+            seen,
+            f"storing a probe line in logs (run id {run_id}; is the database reachable with the DSN it was given?)",
+            timeout,
+        )
     elif strategy.startswith("sql:"):
         condition = strategy[4:].strip()
         proc.wait_until(lambda: _sql_true(ctx.dsn, f"SELECT ({condition})"), f"making true: {condition}", timeout)
     elif strategy.startswith("cmd"):
         command = shlex.split(strategy[4:]) if strategy.startswith("cmd:") else adapter.ready_command(ctx)
         if not command:
-            raise CollectorError(f"--ready cmd: the {adapter.name} adapter has no readiness command; give "
-                                 "cmd:COMMAND")
+            raise CollectorError(f"--ready cmd: the {adapter.name} adapter has no readiness command; give cmd:COMMAND")
         proc.wait_until(lambda: _command_ok(command), f"passing {' '.join(command)}", timeout)
     else:
         raise CollectorError(check_strategy(strategy))

@@ -48,8 +48,10 @@ class Reference(Adapter):
         if pipe_size and "reference.collector" in command:
             command += f" --pipe-size {pipe_size}"
         if "{dsn}" in command and redact(ctx.dsn) != ctx.dsn:
-            log.warning("--collector-cmd puts a DSN with a password on the collector's command line, where every "
-                        "local user can read it; drop {dsn}: the collector gets it in NAMEDPIPER_DSN")
+            log.warning(
+                "--collector-cmd puts a DSN with a password on the collector's command line, where every "
+                "local user can read it; drop {dsn}: the collector gets it in NAMEDPIPER_DSN"
+            )
         url = metrics_url(command)
         if url is None and "reference.collector" in command:  # the timeline scrapes the collector's own counters
             port = free_port()

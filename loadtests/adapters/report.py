@@ -117,14 +117,18 @@ def render_lines(report: dict | None, failed: bool) -> list[str]:
         shown = ", ".join(f"{k} {v}" for k, v in counters.items())
         lines.append(f"collector counters before the stop: {shown}")
     if report.get("queued_at_stop"):
-        lines.append(f"the stop cost {report['queued_at_stop']} lines: queued in the collector when it was "
-                     f"signalled (after waiting {report['waited_for_queue_s']:.1f} s for its queue to empty), "
-                     "not lost while it ran")
+        lines.append(
+            f"the stop cost {report['queued_at_stop']} lines: queued in the collector when it was "
+            f"signalled (after waiting {report['waited_for_queue_s']:.1f} s for its queue to empty), "
+            "not lost while it ran"
+        )
     e = report.get("explanation")
     if e:
-        lines.append(f"no logs_rejected kept: bad lines stored although bad {e['stored_although_bad']}, dropped "
-                     f"silently {e['dropped_silently']}; good lines lost mid-run {e['lost_mid_run']} (gaps), "
-                     f"lost at stop {e['lost_at_stop']} (after the last stored line)")
+        lines.append(
+            f"no logs_rejected kept: bad lines stored although bad {e['stored_although_bad']}, dropped "
+            f"silently {e['dropped_silently']}; good lines lost mid-run {e['lost_mid_run']} (gaps), "
+            f"lost at stop {e['lost_at_stop']} (after the last stored line)"
+        )
     if failed and report.get("log_path"):
         lines.append(f"collector log {report['log_path']}, last lines:")
         lines.extend(f"  | {_cut(line)}" for line in report.get("log_tail") or ["(no output)"])
@@ -133,4 +137,4 @@ def render_lines(report: dict | None, failed: bool) -> list[str]:
 
 def _cut(line: str) -> str:
     """line, shortened to FAIL_LOG_LINE_CHARS with an ellipsis (the whole log stays in its file)."""
-    return line if len(line) <= FAIL_LOG_LINE_CHARS else line[:FAIL_LOG_LINE_CHARS - 1] + "…"
+    return line if len(line) <= FAIL_LOG_LINE_CHARS else line[: FAIL_LOG_LINE_CHARS - 1] + "…"

@@ -32,8 +32,12 @@ class CollectorWatch:
     def __init__(self, collector) -> None:
         self.collector = collector
         adapter = collector.adapter
-        self.report = CollectorReport(adapter=adapter.name, command=collector.shown,
-                                      log_path=str(collector.log_path), keeps_rejected=adapter.keeps_rejected)
+        self.report = CollectorReport(
+            adapter=adapter.name,
+            command=collector.shown,
+            log_path=str(collector.log_path),
+            keeps_rejected=adapter.keeps_rejected,
+        )
         self.unmarked_before = 0
         self._started = time.monotonic()
         self._sampler: gevent.Greenlet | None = None
@@ -139,7 +143,8 @@ def refuse_unperformable_faults(options) -> None:
         raise CollectorError(
             f"--collector-cmd none: the scenario asks for {', '.join(faults)}, which the harness cannot do to a "
             "collector it did not start; give --fault-cmd 'COMMAND {action}' (actions: pause, resume, kill, stop, "
-            "start) that performs them, or choose a scenario without collector faults")
+            "start) that performs them, or choose a scenario without collector faults"
+        )
 
 
 def external_fault(options, action: str, fifo: str) -> str:

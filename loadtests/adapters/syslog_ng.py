@@ -74,19 +74,34 @@ def database_target(dsn: str, environ: dict[str, str] | None = None) -> dict[str
     ports = parts.get("port") or env.get("PGPORT") or "5432"
     host, port = hosts.split(",")[0], ports.split(",")[0]  # syslog-ng knows one server: the first
     user = parts.get("user") or env.get("PGUSER") or getpass.getuser()
-    return {"host": host, "port": port, "user": user, "password": parts.get("password") or env.get("PGPASSWORD", ""),
-            "database": parts.get("dbname") or env.get("PGDATABASE") or user}
+    return {
+        "host": host,
+        "port": port,
+        "user": user,
+        "password": parts.get("password") or env.get("PGPASSWORD", ""),
+        "database": parts.get("dbname") or env.get("PGDATABASE") or user,
+    }
 
 
 def render_config(fifo: str, dsn: str) -> str:
     """The run's syslog-ng configuration for fifo and the database of dsn."""
     t = database_target(dsn)
     return CONFIG.format(
-        fifo=quote(fifo), host=quote(t["host"]), port=quote(t["port"]), user=quote(t["user"]),
-        password=quote(t["password"]), database=quote(t["database"]),
-        columns=", ".join(quote(c) for c in COLUMNS), values=", ".join(quote(f"${{.json.{c}}}") for c in COLUMNS),
-        time_reopen=TIME_REOPEN_S, log_msg_size=LOG_MSG_SIZE, log_iw_size=LOG_IW_SIZE,
-        log_fifo_size=LOG_FIFO_SIZE, batch_lines=BATCH_LINES, batch_timeout=BATCH_TIMEOUT_MS)
+        fifo=quote(fifo),
+        host=quote(t["host"]),
+        port=quote(t["port"]),
+        user=quote(t["user"]),
+        password=quote(t["password"]),
+        database=quote(t["database"]),
+        columns=", ".join(quote(c) for c in COLUMNS),
+        values=", ".join(quote(f"${{.json.{c}}}") for c in COLUMNS),
+        time_reopen=TIME_REOPEN_S,
+        log_msg_size=LOG_MSG_SIZE,
+        log_iw_size=LOG_IW_SIZE,
+        log_fifo_size=LOG_FIFO_SIZE,
+        batch_lines=BATCH_LINES,
+        batch_timeout=BATCH_TIMEOUT_MS,
+    )
 
 
 def parse_stats(text: str) -> dict[str, int]:
@@ -127,15 +142,21 @@ class SyslogNg(Adapter):
     @staticmethod
     def paths(run_dir: Path) -> dict[str, Path]:
         """The run's syslog-ng files: configuration, persist state, pid and control socket."""
-        return {"config": run_dir / "syslog-ng.conf", "persist": run_dir / "syslog-ng.persist",
-                "pid": run_dir / "syslog-ng.pid", "control": run_dir / "syslog-ng.ctl"}
+        return {
+            "config": run_dir / "syslog-ng.conf",
+            "persist": run_dir / "syslog-ng.persist",
+            "pid": run_dir / "syslog-ng.pid",
+            "control": run_dir / "syslog-ng.ctl",
+        }
 
     def launch(self, ctx: Context) -> Launch:
         """Write the 0600 configuration into the run's folder and start syslog-ng in the foreground on it."""
         daemon = shutil.which(SYSLOG_NG, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
         if daemon is None:
-            raise FileNotFoundError(f"{SYSLOG_NG} is not installed; on Debian: apt-get install syslog-ng-core "
-                                    "syslog-ng-mod-sql libdbd-pgsql")
+            raise FileNotFoundError(
+                f"{SYSLOG_NG} is not installed; on Debian: apt-get install syslog-ng-core "
+                "syslog-ng-mod-sql libdbd-pgsql"
+            )
         p = self.paths(ctx.run_dir)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         p["config"].unlink(missing_ok=True)
@@ -145,12 +166,22 @@ class SyslogNg(Adapter):
         # No shell in between: signals and memory readings reach syslog-ng itself. -F: foreground, -e: its own
         # messages (SQL errors, drops) on stderr, into the run's collector.log. --no-caps: as root, syslog-ng would
         # otherwise try to drop capabilities it needs no more than a harness run does.
-        argv = [daemon, "-F", "-e", "-f", str(p["config"]), "-R", str(p["persist"]), "-p", str(p["pid"]),
-                "-c", str(p["control"])]
+        argv = [
+            daemon,
+            "-F",
+            "-e",
+            "-f",
+            str(p["config"]),
+            "-R",
+            str(p["persist"]),
+            "-p",
+            str(p["pid"]),
+            "-c",
+            str(p["control"]),
+        ]
         if os.geteuid() == 0:
             argv.insert(2, "--no-caps")
-        return Launch(argv=argv, env=dict(os.environ), shown=" ".join(argv),
-                      files={k: str(v) for k, v in p.items()})
+        return Launch(argv=argv, env=dict(os.environ), shown=" ".join(argv), files={k: str(v) for k, v in p.items()})
 
     def ready_command(self, ctx: Context) -> list[str] | None:
         """syslog-ng answers on its control socket once its configuration is loaded."""
@@ -159,8 +190,9 @@ class SyslogNg(Adapter):
     def counters(self, ctx: Context) -> dict[str, int] | None:
         """read, parse_dropped, written, queued, dropped from syslog-ng-ctl stats; None when it does not answer."""
         try:
-            done = subprocess.run(self.ready_command(ctx) or [], capture_output=True, text=True,
-                                  timeout=CTL_TIMEOUT_S, check=False)
+            done = subprocess.run(
+                self.ready_command(ctx) or [], capture_output=True, text=True, timeout=CTL_TIMEOUT_S, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         if done.returncode != 0:

@@ -70,8 +70,7 @@ def measure_naive(bench: Bench) -> None:
     fifo = bench.fifo("naive")
     os.mkfifo(fifo, 0o600)
     with bench.database().fresh_database() as dsn:
-        proc = multiprocessing.get_context("fork").Process(target=_naive_process, args=(str(fifo), dsn),
-                                                           daemon=True)
+        proc = multiprocessing.get_context("fork").Process(target=_naive_process, args=(str(fifo), dsn), daemon=True)
         proc.start()
         try:
             writer = Writer(fifo, pack_writes(lines))

@@ -41,9 +41,14 @@ PARTS = ("factory", "copy", "collector", "independent", "naive", "latency", "fif
 # What each part after the data set runs, in the order of PARTS; factory (and parse) run even if skipped: every
 # other part needs the data set.
 MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
-    "copy": measure_copy, "collector": measure_collector, "independent": measure_independent,
-    "naive": measure_naive, "latency": measure_latency,
-    "fifo": measure_fifo, "emitter": measure_emitter, "locust": measure_locust,
+    "copy": measure_copy,
+    "collector": measure_collector,
+    "independent": measure_independent,
+    "naive": measure_naive,
+    "latency": measure_latency,
+    "fifo": measure_fifo,
+    "emitter": measure_emitter,
+    "locust": measure_locust,
 }
 # 200,000 small lines are ~85 MB and a few seconds of collector time: long enough that start-up and the last
 # partial batch are under 5 % of the run, short enough for the whole benchmark to stay under 3 minutes.
@@ -61,36 +66,81 @@ LOCUST_SECONDS = 10
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=loadtests.bench.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench",
+        description=loadtests.bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=VERSION_TEXT)
     p.add_argument("--size", choices=SIZES, default="small", help="size class of the lines (default small)")
-    p.add_argument("--lines", type=int, default=DEFAULT_LINES,
-                   help=f"lines in the data set (default {DEFAULT_LINES:,})")
-    p.add_argument("--naive-lines", type=int, default=NAIVE_LINES,
-                   help=f"lines for the naive collector, the first of the data set (default {NAIVE_LINES:,})")
+    p.add_argument(
+        "--lines", type=int, default=DEFAULT_LINES, help=f"lines in the data set (default {DEFAULT_LINES:,})"
+    )
+    p.add_argument(
+        "--naive-lines",
+        type=int,
+        default=NAIVE_LINES,
+        help=f"lines for the naive collector, the first of the data set (default {NAIVE_LINES:,})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the data set (default 0)")
-    p.add_argument("--dsn", default=None,
-                   help="PostgreSQL server to use (default: an embedded one with its data in a temporary folder); "
-                        "the benchmark creates and drops one database per measurement on it")
-    p.add_argument("--json", type=Path, default=Path("reports") / "bench.json",
-                   help="where to write the results (default reports/bench.json)")
-    p.add_argument("--skip", action="append", default=[], metavar="NAME",
-                   help=f"skip a part; repeat or separate with commas: {', '.join(PARTS)}")
-    p.add_argument("--latency-rate", type=int, default=LATENCY_RATE,
-                   help=f"lines/s of the latency run (default {LATENCY_RATE:,}; the target applies at that rate)")
-    p.add_argument("--latency-seconds", type=float, default=LATENCY_SECONDS,
-                   help=f"length of the latency run (default {LATENCY_SECONDS:g} s)")
+    p.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL server to use (default: an embedded one with its data in a temporary folder); "
+        "the benchmark creates and drops one database per measurement on it",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=Path("reports") / "bench.json",
+        help="where to write the results (default reports/bench.json)",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"skip a part; repeat or separate with commas: {', '.join(PARTS)}",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=int,
+        default=LATENCY_RATE,
+        help=f"lines/s of the latency run (default {LATENCY_RATE:,}; the target applies at that rate)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=LATENCY_SECONDS,
+        help=f"length of the latency run (default {LATENCY_SECONDS:g} s)",
+    )
     p.add_argument("--fifo-mib", type=int, default=FIFO_MIB, help=f"MiB through the raw FIFO (default {FIFO_MIB})")
-    p.add_argument("--emitter-seconds", type=float, default=EMITTER_SECONDS,
-                   help=f"length of the emitter run (default {EMITTER_SECONDS:g} s)")
-    p.add_argument("--locust-seconds", type=int, default=LOCUST_SECONDS,
-                   help=f"length of the Locust run (default {LOCUST_SECONDS} s)")
-    p.add_argument("--collector-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for the reference collector, repeatable: --collector-arg=--pipe-size=1048576")
-    p.add_argument("--profile", choices=tuple(PROFILE_CODE), default=None,
-                   help="also run the collector once under this profiler and print its top entries "
-                        "(pyinstrument must be installed; it is not a dependency)")
+    p.add_argument(
+        "--emitter-seconds",
+        type=float,
+        default=EMITTER_SECONDS,
+        help=f"length of the emitter run (default {EMITTER_SECONDS:g} s)",
+    )
+    p.add_argument(
+        "--locust-seconds",
+        type=int,
+        default=LOCUST_SECONDS,
+        help=f"length of the Locust run (default {LOCUST_SECONDS} s)",
+    )
+    p.add_argument(
+        "--collector-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the reference collector, repeatable: --collector-arg=--pipe-size=1048576",
+    )
+    p.add_argument(
+        "--profile",
+        choices=tuple(PROFILE_CODE),
+        default=None,
+        help="also run the collector once under this profiler and print its top entries "
+        "(pyinstrument must be installed; it is not a dependency)",
+    )
     p.add_argument("--profile-top", type=int, default=8, help="entries of the profile shown (default 8)")
     return p
 
@@ -125,13 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import pyinstrument  # noqa: F401
         except ImportError:
-            print("error: --profile pyinstrument needs `pip install pyinstrument`; or use --profile cprofile",  # noqa: T201
-                  file=sys.stderr)
+            print(  # noqa: T201 - the command line's error, from main()
+                "error: --profile pyinstrument needs `pip install pyinstrument`; or use --profile cprofile",
+                file=sys.stderr,
+            )
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="namedpiper-bench-"))
-    bench = Bench(args.size, args.lines, min(args.naive_lines, args.lines), args.seed, args.latency_rate,
-                  args.latency_seconds, args.fifo_mib, args.emitter_seconds, args.locust_seconds, workdir,
-                  tuple(args.collector_arg))
+    bench = Bench(
+        args.size,
+        args.lines,
+        min(args.naive_lines, args.lines),
+        args.seed,
+        args.latency_rate,
+        args.latency_seconds,
+        args.fifo_mib,
+        args.emitter_seconds,
+        args.locust_seconds,
+        workdir,
+        tuple(args.collector_arg),
+    )
     load_before = os.getloadavg()
     started = time.monotonic()
     needs_db = bool({"copy", "collector", "independent", "naive", "latency", "locust"} - skip) or args.profile
@@ -172,24 +234,40 @@ def main(argv: list[str] | None = None) -> int:
     metrics = derive(bench.metrics)
     checks = check_targets(metrics, args.size, args.latency_rate)
     size = SIZE_CLASSES[args.size]
-    title = (f"namedpiper benchmark: {args.lines:,} {args.size} lines ({size.low}-{size.high} B) and {args.lines:,} "
-             f"independent ones ({LINE_LOW}-{LINE_HIGH} B), seed {args.seed}, PostgreSQL {version or '-'}, "
-             f"{os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s")
+    title = (
+        f"namedpiper benchmark: {args.lines:,} {args.size} lines ({size.low}-{size.high} B) and {args.lines:,} "
+        f"independent ones ({LINE_LOW}-{LINE_HIGH} B), seed {args.seed}, PostgreSQL {version or '-'}, "
+        f"{os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s"
+    )
     _say(render_table(metrics, checks, title=title, latency_rate=args.latency_rate))
     for name, error in bench.errors.items():
         _say(f"ERROR {name}: {error}")
     if profile is not None:
-        _say(f"\nprofile of the collector's main thread ({profile['tool']}, "
-             f"{profile['rows_per_s_under_profiler']:,} rows/s under the profiler):\n{profile['text']}")
+        _say(
+            f"\nprofile of the collector's main thread ({profile['tool']}, "
+            f"{profile['rows_per_s_under_profiler']:,} rows/s under the profiler):\n{profile['text']}"
+        )
     report = {
-        "benchmark": "namedpiper", "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "benchmark": "namedpiper",
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "dsn"},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "postgresql": version, "load_before": load_before, "load_after": os.getloadavg()},
-        "seconds": round(elapsed, 1), "metrics": metrics,
-        "targets": [{"key": c.target.key, "op": c.target.op, "bound": c.target.bound, "value": c.value,
-                     "result": c.result} for c in checks],
-        "details": bench.details, "errors": bench.errors, "profile": profile,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "postgresql": version,
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
+        "seconds": round(elapsed, 1),
+        "metrics": metrics,
+        "targets": [
+            {"key": c.target.key, "op": c.target.op, "bound": c.target.bound, "value": c.value, "result": c.result}
+            for c in checks
+        ],
+        "details": bench.details,
+        "errors": bench.errors,
+        "profile": profile,
         "pipe_buf": PIPE_BUF,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

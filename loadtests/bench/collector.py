@@ -19,11 +19,13 @@ COLLECTOR_APPLICATION = "namedpiper-collector"
 class BenchCollector(CollectorProcess):
     """`python -m reference.collector` (or main() under a profiler: launcher) on one FIFO and database."""
 
-    def __init__(self, fifo: Path, dsn: str, log_path: Path, launcher: list[str] | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, fifo: Path, dsn: str, log_path: Path, launcher: list[str] | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         args = ["--fifo", str(fifo), "--dsn", dsn, "--stats-interval", "60", *extra]
-        super().__init__([*(launcher or [sys.executable, "-m", "reference.collector"]), *args], fifo, log_path,
-                         cwd=ROOT)
+        super().__init__(
+            [*(launcher or [sys.executable, "-m", "reference.collector"]), *args], fifo, log_path, cwd=ROOT
+        )
         self.dsn = dsn
 
     def start(self) -> BenchCollector:
@@ -32,9 +34,11 @@ class BenchCollector(CollectorProcess):
         with contextlib.closing(connect(self.dsn)) as conn, conn.cursor() as cur:
 
             def ready() -> bool:
-                cur.execute("SELECT count(*) > 0 AND to_regclass('logs') IS NOT NULL FROM pg_stat_activity"
-                            " WHERE application_name = %s AND state = 'idle' AND datname = current_database()",
-                            (COLLECTOR_APPLICATION,))
+                cur.execute(
+                    "SELECT count(*) > 0 AND to_regclass('logs') IS NOT NULL FROM pg_stat_activity"
+                    " WHERE application_name = %s AND state = 'idle' AND datname = current_database()",
+                    (COLLECTOR_APPLICATION,),
+                )
                 return bool(cur.fetchone()[0]) and self.fifo.exists() and has_reader(self.fifo)
 
             try:
@@ -58,8 +62,9 @@ def run_collector(bench: Bench, name: str, launcher: list[str] | None = None) ->
             started = time.monotonic()
             writer.start()
             try:
-                visible_at = wait_until_visible(dsn, bench.data[-1], len(bench.data), started,
-                                                alive=lambda: collector.alive)
+                visible_at = wait_until_visible(
+                    dsn, bench.data[-1], len(bench.data), started, alive=lambda: collector.alive
+                )
             except BenchError as exc:
                 raise BenchError(f"{exc}; collector log {log_path}:\n{collector.tail()}") from None
             writer.join()
@@ -72,11 +77,17 @@ def run_collector(bench: Bench, name: str, launcher: list[str] | None = None) ->
             status = collector.stop(COLLECTOR_STOP_TIMEOUT_S)
         rejected = count_rows(dsn, "logs_rejected")
     elapsed = visible_at - started
-    return {"lines": len(bench.data), "seconds": round(elapsed, 3), "rows_per_s": len(bench.data) / elapsed,
-            "written_s": round(writer.finished_at - started, 3), "rejected": rejected,
-            "peak_rss_mib": None if rss is None else rss / 1024, "exit_status": status,
-            "cpu_us_per_row": None if cpu is None else sum(cpu) / len(bench.data) * 1e6,
-            "main_thread_cpu_us_per_row": None if cpu is None else cpu[0] / len(bench.data) * 1e6}
+    return {
+        "lines": len(bench.data),
+        "seconds": round(elapsed, 3),
+        "rows_per_s": len(bench.data) / elapsed,
+        "written_s": round(writer.finished_at - started, 3),
+        "rejected": rejected,
+        "peak_rss_mib": None if rss is None else rss / 1024,
+        "exit_status": status,
+        "cpu_us_per_row": None if cpu is None else sum(cpu) / len(bench.data) * 1e6,
+        "main_thread_cpu_us_per_row": None if cpu is None else cpu[0] / len(bench.data) * 1e6,
+    }
 
 
 def measure_collector(bench: Bench) -> None:

@@ -73,8 +73,7 @@ def measure_factory(bench: Bench) -> None:
     bench.data = factory.lines(bench.lines)
     elapsed = time.perf_counter() - started
     bench.metrics["factory_lines_per_s"] = bench.lines / elapsed
-    bench.details["factory"] = {"lines": bench.lines, "seconds": round(elapsed, 3),
-                                "bytes": sum(map(len, bench.data))}
+    bench.details["factory"] = {"lines": bench.lines, "seconds": round(elapsed, 3), "bytes": sum(map(len, bench.data))}
 
 
 def measure_parse(bench: Bench) -> None:
@@ -101,6 +100,6 @@ def parse_cpu(sample: list[bytes]) -> tuple[float, float]:
         one = min(one, time.process_time() - started)
         started = time.process_time()
         for first in range(0, len(sample), PARSE_READ_LINES):
-            parse_lines(sample[first:first + PARSE_READ_LINES])
+            parse_lines(sample[first : first + PARSE_READ_LINES])
         whole = min(whole, time.process_time() - started)
     return one / len(sample) * 1e6, whole / len(sample) * 1e6

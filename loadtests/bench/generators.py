@@ -26,9 +26,27 @@ def measure_emitter(bench: Bench) -> None:
     drain = start_drain(fifo)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), "--writers", str(EMITTER_WRITERS),
-             "--duration", str(bench.emitter_seconds), "--size", bench.size, "--seed", str(bench.seed)],
-            capture_output=True, timeout=SUBPROCESS_TIMEOUT_S, check=False, cwd=ROOT, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "reference.emitter",
+                "--fifo",
+                str(fifo),
+                "--writers",
+                str(EMITTER_WRITERS),
+                "--duration",
+                str(bench.emitter_seconds),
+                "--size",
+                bench.size,
+                "--seed",
+                str(bench.seed),
+            ],
+            capture_output=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            check=False,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         drain.kill()
         drain.wait()
@@ -39,8 +57,11 @@ def measure_emitter(bench: Bench) -> None:
     # Per-writer elapsed starts after the faker pools are built: the steady rate, not process start-up.
     busiest = max(s["elapsed_seconds"] for s in summary["sources"])
     bench.metrics["emitter_lines_per_s"] = summary["lines_sent"] / busiest
-    bench.details["emitter"] = {"lines_sent": summary["lines_sent"], "writer_seconds": busiest,
-                                "emitter_reported_lines_per_s": summary.get("lines_per_second")}
+    bench.details["emitter"] = {
+        "lines_sent": summary["lines_sent"],
+        "writer_seconds": busiest,
+        "emitter_reported_lines_per_s": summary.get("lines_per_second"),
+    }
 
 
 def measure_locust(bench: Bench) -> None:
@@ -48,13 +69,40 @@ def measure_locust(bench: Bench) -> None:
     report_dir = bench.workdir / "locust"
     with bench.database().fresh_database() as dsn:
         done = subprocess.run(
-            [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "fifo.py"), "--headless",
-             "--processes", str(LOCUST_PROCESSES), "-u", str(LOCUST_USERS), "-r", str(LOCUST_USERS),
-             "--run-time", f"{bench.locust_seconds}s", "--size-mix", bench.size, "--seed", str(bench.seed),
-             "--collector-cmd", 'sh -c "exec cat 0<>{fifo} >/dev/null"', "--dsn", dsn,
-             "--report-dir", str(report_dir), "--drain-timeout", "1"],
-            capture_output=True, timeout=SUBPROCESS_TIMEOUT_S + bench.locust_seconds, check=False, cwd=ROOT,
-            stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(ROOT / "loadtests" / "fifo.py"),
+                "--headless",
+                "--processes",
+                str(LOCUST_PROCESSES),
+                "-u",
+                str(LOCUST_USERS),
+                "-r",
+                str(LOCUST_USERS),
+                "--run-time",
+                f"{bench.locust_seconds}s",
+                "--size-mix",
+                bench.size,
+                "--seed",
+                str(bench.seed),
+                "--collector-cmd",
+                'sh -c "exec cat 0<>{fifo} >/dev/null"',
+                "--dsn",
+                dsn,
+                "--report-dir",
+                str(report_dir),
+                "--drain-timeout",
+                "1",
+            ],
+            capture_output=True,
+            timeout=SUBPROCESS_TIMEOUT_S + bench.locust_seconds,
+            check=False,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
     (bench.workdir / "locust.log").write_bytes(done.stdout + done.stderr)
     verdicts = sorted(report_dir.glob("*/verdict.json"))
     if verdicts:
@@ -62,9 +110,14 @@ def measure_locust(bench: Bench) -> None:
     else:
         match = re.search(rb"throughput: (\d+) lines/s", done.stdout)
         if match is None:
-            raise BenchError(f"Locust printed no throughput (exit {done.returncode}):\n"
-                             f"{(done.stdout + done.stderr).decode(errors='replace')[-1500:]}")
+            raise BenchError(
+                f"Locust printed no throughput (exit {done.returncode}):\n"
+                f"{(done.stdout + done.stderr).decode(errors='replace')[-1500:]}"
+            )
         rate = float(match.group(1))
     bench.metrics["locust_lines_per_s"] = rate
-    bench.details["locust"] = {"seconds": bench.locust_seconds, "exit_status": done.returncode,
-                               "note": "exit status 1 expected: cat stores nothing, so every line counts as lost"}
+    bench.details["locust"] = {
+        "seconds": bench.locust_seconds,
+        "exit_status": done.returncode,
+        "note": "exit status 1 expected: cat stores nothing, so every line counts as lost",
+    }

@@ -24,8 +24,14 @@ SHAPE_TRIES = 8
 _SERVICES = ("checkout-api", "inventory", "auth-gw", "search", "billing-worker", "media-resizer")
 _ENVIRONMENTS = ("prod-eu-1", "prod-us-2", "staging", "canary")
 _EVENTS = ("http.request", "db.query", "cache.miss", "job.done", "auth.denied", "queue.publish")
-_FILES = ("src/handlers/orders.go", "app/models/cart.rb", "lib/search/query.ex", "worker/tasks.py",
-          "internal/auth/jwt.go", "services/billing/invoice.ts")
+_FILES = (
+    "src/handlers/orders.go",
+    "app/models/cart.rb",
+    "lib/search/query.ex",
+    "worker/tasks.py",
+    "internal/auth/jwt.go",
+    "services/billing/invoice.ts",
+)
 _METHODS = ("GET", "POST", "PUT", "DELETE")
 _WORDS = ("alpha", "bravo", "delta", "echo", "gamma", "kilo", "lima", "oscar", "sierra", "tango", "zulu")
 
@@ -42,14 +48,24 @@ def _data(rng: random.Random, event: str) -> dict | None:
     if shape == 0:
         return None
     if shape == 1:
-        return {"method": rng.choice(_METHODS), "route": f"/v2/{rng.choice(_WORDS)}/{rng.randrange(10**6)}",
-                "status": rng.choice((200, 201, 204, 404, 500)), "ms": round(rng.uniform(0.1, 900.0), 3)}
+        return {
+            "method": rng.choice(_METHODS),
+            "route": f"/v2/{rng.choice(_WORDS)}/{rng.randrange(10**6)}",
+            "status": rng.choice((200, 201, 204, 404, 500)),
+            "ms": round(rng.uniform(0.1, 900.0), 3),
+        }
     if shape == 2:
-        return {"rows": rng.randrange(10_000), "ms": rng.randrange(1, 5000) / 8, "cached": rng.random() < 0.5,
-                "sql": f"SELECT * FROM {rng.choice(_WORDS)} WHERE id = $1"}  # noqa: S608 - log text, not a query
+        return {
+            "rows": rng.randrange(10_000),
+            "ms": rng.randrange(1, 5000) / 8,
+            "cached": rng.random() < 0.5,
+            "sql": f"SELECT * FROM {rng.choice(_WORDS)} WHERE id = $1",  # noqa: S608 - log text, never run
+        }
     if shape == 3:
-        return {"user": {"id": rng.getrandbits(70), "tier": rng.choice(("free", "pro", "team"))},
-                "tags": rng.sample(_WORDS, rng.randrange(1, 4))}
+        return {
+            "user": {"id": rng.getrandbits(70), "tier": rng.choice(("free", "pro", "team"))},
+            "tags": rng.sample(_WORDS, rng.randrange(1, 4)),
+        }
     if shape == 4:
         return {"job": event, "attempt": rng.randrange(1, 6), "took_s": rng.expovariate(3.0), "ok": True}
     return {"k": rng.choice(_WORDS), "v": [rng.randrange(100) for _ in range(rng.randrange(1, 6))], "n": None}
@@ -108,14 +124,20 @@ def measure_independent(bench: Bench) -> None:
     per_line, per_read = parse_cpu([line[:-1] for line in data[:PARSE_SAMPLE_LINES]])
     measure_copy(other)
     result = run_collector(other, "independent")
-    bench.metrics.update({
-        "ind_parse_us_per_line": per_line,
-        "ind_parse_lines_us_per_line": per_read,
-        "ind_copy_rows_per_s": other.metrics["copy_rows_per_s"],
-        "ind_collector_rows_per_s": result["rows_per_s"],
-        "ind_collector_cpu_us_per_row": result["cpu_us_per_row"],
-        "ind_collector_main_cpu_us_per_row": result["main_thread_cpu_us_per_row"],
-    })
-    bench.details["independent"] = {"lines": len(data), "bytes": sum(map(len, data)),
-                                    "line_bytes": [min(map(len, data)), max(map(len, data))],
-                                    "copy": other.details["copy"], "collector": result}
+    bench.metrics.update(
+        {
+            "ind_parse_us_per_line": per_line,
+            "ind_parse_lines_us_per_line": per_read,
+            "ind_copy_rows_per_s": other.metrics["copy_rows_per_s"],
+            "ind_collector_rows_per_s": result["rows_per_s"],
+            "ind_collector_cpu_us_per_row": result["cpu_us_per_row"],
+            "ind_collector_main_cpu_us_per_row": result["main_thread_cpu_us_per_row"],
+        }
+    )
+    bench.details["independent"] = {
+        "lines": len(data),
+        "bytes": sum(map(len, data)),
+        "line_bytes": [min(map(len, data)), max(map(len, data))],
+        "copy": other.details["copy"],
+        "collector": result,
+    }

@@ -86,8 +86,13 @@ def measure_latency(bench: Bench) -> None:
     bench.metrics["latency_p50_ms"] = percentile(samples, 50)
     bench.metrics["latency_p99_ms"] = percentile(samples, 99)
     bench.details["latency"] = {
-        "lines": count, "rate_asked": bench.latency_rate, "rate_achieved": round(count / written),
-        "visible": len(samples), "max_ms": round(max(samples), 1) if samples else None,
-        "polls": len(polls), "resolution_ms": LATENCY_POLL_S * 1000,
+        "lines": count,
+        "rate_asked": bench.latency_rate,
+        "rate_achieved": round(count / written),
+        "visible": len(samples),
+        "max_ms": round(max(samples), 1) if samples else None,
+        "polls": len(polls),
+        "resolution_ms": LATENCY_POLL_S * 1000,
         "method": "a poller reads max(data._np.seq) every 10 ms (an expression index added for the run); seq n "
-                  "is visible at the first poll whose max reaches n; latency = that poll's start - n's write"}
+        "is visible at the first poll whose max reaches n; latency = that poll's start - n's write",
+    }

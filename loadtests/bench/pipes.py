@@ -23,7 +23,7 @@ def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is out (a blocking pipe write above PIPE_BUF may return early on a signal)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def pack_writes(lines: list[bytes]) -> list[bytes]:
@@ -95,5 +95,9 @@ def measure_fifo(bench: Bench) -> None:
         received, finished = results.get(timeout=SUBPROCESS_TIMEOUT_S)
         reader.join()
         bench.metrics[key] = received / (finished - started) / 1e6
-        bench.details[key] = {"bytes": received, "seconds": round(finished - started, 3),
-                              "pipe_capacity": capacity, "write_bytes": FIFO_WRITE_BYTES}
+        bench.details[key] = {
+            "bytes": received,
+            "seconds": round(finished - started, 3),
+            "pipe_capacity": capacity,
+            "write_bytes": FIFO_WRITE_BYTES,
+        }

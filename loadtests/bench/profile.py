@@ -52,16 +52,25 @@ def top_entries(stats: pstats.Stats, count: int) -> list[dict]:
         _cc, calls, own, cumulative, _callers = table[func]
         filename, line, name = func
         where = f"{'/'.join(Path(filename).parts[-2:])}:{line}({name})" if filename != "~" else name
-        entries.append({"function": where, "calls": calls, "own_s": round(own, 3),
-                        "own_pct": round(100 * own / total, 1), "cumulative_s": round(cumulative, 3)})
+        entries.append(
+            {
+                "function": where,
+                "calls": calls,
+                "own_s": round(own, 3),
+                "own_pct": round(100 * own / total, 1),
+                "cumulative_s": round(cumulative, 3),
+            }
+        )
     return entries
 
 
 def render_profile(entries: list[dict]) -> str:
     """The top entries as text."""
     lines = [f"{'own s':>7} {'own %':>6} {'cum s':>7} {'calls':>9}  function"]
-    lines += [f"{e['own_s']:>7.3f} {e['own_pct']:>6.1f} {e['cumulative_s']:>7.3f} {e['calls']:>9}  {e['function']}"
-              for e in entries]
+    lines += [
+        f"{e['own_s']:>7.3f} {e['own_pct']:>6.1f} {e['cumulative_s']:>7.3f} {e['calls']:>9}  {e['function']}"
+        for e in entries
+    ]
     return "\n".join(lines)
 
 

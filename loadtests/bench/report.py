@@ -103,8 +103,9 @@ def derive(metrics: dict[str, float | None]) -> dict[str, float | None]:
     return out
 
 
-def check_targets(metrics: dict[str, float | None], size: str, latency_rate: int = LATENCY_RATE,
-                  targets: tuple[Target, ...] = TARGETS) -> list[Check]:
+def check_targets(
+    metrics: dict[str, float | None], size: str, latency_rate: int = LATENCY_RATE, targets: tuple[Target, ...] = TARGETS
+) -> list[Check]:
     """Each target against the measured value."""
     checks = []
     for t in targets:
@@ -127,20 +128,34 @@ def format_value(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def render_table(metrics: dict[str, float | None], checks: list[Check], *, title: str = "",
-                 latency_rate: int = LATENCY_RATE, rows: tuple[Row, ...] = ROWS) -> str:
+def render_table(
+    metrics: dict[str, float | None],
+    checks: list[Check],
+    *,
+    title: str = "",
+    latency_rate: int = LATENCY_RATE,
+    rows: tuple[Row, ...] = ROWS,
+) -> str:
     """The printed table: measurement, value, unit, target and result, one row per metric."""
     by_key = {c.target.key: c for c in checks}
     table = [("measurement", "value", "unit", "target", "result")]
     for row in rows:
         check = by_key.get(row.key)
-        table.append((row.label.format(rate=latency_rate), format_value(metrics.get(row.key), row.digits), row.unit,
-                      check.target.text() if check else "", check.result if check else ""))
+        table.append(
+            (
+                row.label.format(rate=latency_rate),
+                format_value(metrics.get(row.key), row.digits),
+                row.unit,
+                check.target.text() if check else "",
+                check.result if check else "",
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     lines = [title] if title else []
     for r in table:
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  "
-                     f"{r[4]}".rstrip())
+        lines.append(
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}".rstrip()
+        )
         if r is table[0]:
             lines.append("-" * len(lines[-1]))
     return "\n".join(lines)

@@ -87,8 +87,9 @@ def count_rows(dsn: str, table: str) -> int:
         return cur.fetchone()[0]
 
 
-def wait_until_visible(dsn: str, last_line: bytes, expected: int, started: float,
-                       alive: Callable[[], bool] = lambda: True) -> float:
+def wait_until_visible(
+    dsn: str, last_line: bytes, expected: int, started: float, alive: Callable[[], bool] = lambda: True
+) -> float:
     """Poll until the last line's row and `expected` rows are visible; return when the last row was first seen.
 
     The last row is found through the time index; a writer's rows are committed in order, which the final

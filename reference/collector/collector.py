@@ -87,8 +87,14 @@ class Collector:
     With a durable one (a journal), the FIFO is always drained and parsing follows at the sink's pace.
     """
 
-    def __init__(self, config: CollectorConfig, source: Source, sink: Sink, stop: StopRequest | None = None,
-                 parse: LinesParser = parse_lines) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        source: Source,
+        sink: Sink,
+        stop: StopRequest | None = None,
+        parse: LinesParser = parse_lines,
+    ) -> None:
         self.config = config
         self.limits = config.limits
         self.source = source
@@ -103,8 +109,13 @@ class Collector:
 
     def run(self) -> int:
         """The main loop; returns the process exit status."""
-        log.info("reading %s (capacity %d bytes) into %s%s", self.source.path, self.source.capacity,
-                 self.sink.describe(), self.source.describe())
+        log.info(
+            "reading %s (capacity %d bytes) into %s%s",
+            self.source.path,
+            self.source.capacity,
+            self.sink.describe(),
+            self.source.describe(),
+        )
         next_stats = time.monotonic() + self.config.stats_interval
         finished = False
         try:
@@ -118,8 +129,11 @@ class Collector:
             self._shutdown()
             finished = True
         except SinkRefused as exc:
-            kept = ("; they stay in the journal and load when the collector starts again after the fix"
-                    if self.source.durable else " (with --journal they would have been kept)")
+            kept = (
+                "; they stay in the journal and load when the collector starts again after the fix"
+                if self.source.durable
+                else " (with --journal they would have been kept)"
+            )
             log.error("%s; %d lines read were not stored%s", exc, self.unstored, kept)
             return EXIT_REFUSED
         finally:
@@ -128,8 +142,12 @@ class Collector:
             self.source.close()
             log.info("final %s", self._stats_text())
         if self.unstored and not self.source.durable:
-            log.error("stopping: %d lines read were not stored; the database could not take them within %g s of "
-                      "the stop (run with --journal to keep them)", self.unstored, self.config.stop_grace)
+            log.error(
+                "stopping: %d lines read were not stored; the database could not take them within %g s of "
+                "the stop (run with --journal to keep them)",
+                self.unstored,
+                self.config.stop_grace,
+            )
             return EXIT_UNSTORED
         return EXIT_OK
 
@@ -227,15 +245,21 @@ class Collector:
     def _reject_partial(self, partial: bytes | Oversized) -> None:
         if isinstance(partial, Oversized):
             what = "line" if partial.complete else "unfinished line"
-            kept = partial.prefix[:self.config.reject_keep_bytes]
-            reason = (f"{what} of {partial.length} bytes exceeds --max-line-bytes {self.config.max_line_bytes}; "
-                      f"its first {len(kept)} bytes are kept")
+            kept = partial.prefix[: self.config.reject_keep_bytes]
+            reason = (
+                f"{what} of {partial.length} bytes exceeds --max-line-bytes {self.config.max_line_bytes}; "
+                f"its first {len(kept)} bytes are kept"
+            )
             # The line was never whole in memory: its length is exact, its hash unknown.
             self.batch.add_rejection(Rejection(reason, kept, partial.length, None))
         else:
-            self.batch.add_rejection(Rejection.of(
-                f"unfinished line of {len(partial)} bytes (no newline) when the collector stopped", partial,
-                self.config.reject_keep_bytes))
+            self.batch.add_rejection(
+                Rejection.of(
+                    f"unfinished line of {len(partial)} bytes (no newline) when the collector stopped",
+                    partial,
+                    self.config.reject_keep_bytes,
+                )
+            )
             self.lines_read += 1
             self.batch.lines += 1
 
@@ -249,9 +273,11 @@ class Collector:
 
     def _stats_text(self) -> str:
         c = self.sink.counters
-        text = (f"lines_read={self.lines_read} bytes_read={self.source.taken} rows_written={c.rows_written} "
-                f"rejected={c.rejected} batches={c.batches} queued_batches={self.sink.queued} "
-                f"pipe_waiting_bytes={self.source.waiting} pending_bytes={self.splitter.pending}")
+        text = (
+            f"lines_read={self.lines_read} bytes_read={self.source.taken} rows_written={c.rows_written} "
+            f"rejected={c.rejected} batches={c.batches} queued_batches={self.sink.queued} "
+            f"pipe_waiting_bytes={self.source.waiting} pending_bytes={self.splitter.pending}"
+        )
         text += self.source.stats()
         if self.source.durable:
             text += f" committed_offset={self.sink.committed}"

@@ -9,7 +9,8 @@ from reference.dsn import redact
 
 ARGUMENT_DSN_WARNING = (
     "the --dsn argument holds a password, which every local user can read in /proc/{pid}/cmdline; pass the DSN "
-    "in NAMEDPIPER_DSN or --dsn-file FILE (mode 600), or the password in PGPASSFILE (~/.pgpass)")
+    "in NAMEDPIPER_DSN or --dsn-file FILE (mode 600), or the password in PGPASSFILE (~/.pgpass)"
+)
 
 
 class DsnFileError(ValueError):
@@ -35,8 +36,10 @@ def read_dsn_file(path: str) -> str:
     try:
         st = os.fstat(fd)
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise DsnFileError(f"--dsn-file {path} has mode {stat.S_IMODE(st.st_mode):04o}: other users can read "
-                               f"the password in it; run `chmod 600 {path}`")
+            raise DsnFileError(
+                f"--dsn-file {path} has mode {stat.S_IMODE(st.st_mode):04o}: other users can read "
+                f"the password in it; run `chmod 600 {path}`"
+            )
         with os.fdopen(os.dup(fd), encoding="utf-8") as f:
             text = f.read()
     finally:

@@ -27,7 +27,7 @@ SEGMENTS_PER_LIMIT = 4
 MIN_SEGMENT_BYTES = 64 * 1024
 # Default --journal-max-bytes: a 30 s database outage at the collector's measured peak (75k rows/s of ~450 B)
 # takes about 1 GiB; four times that, and never the whole of a small disk unnoticed (ENOSPC is handled too).
-DEFAULT_MAX_BYTES = 4 * 1024 ** 3
+DEFAULT_MAX_BYTES = 4 * 1024**3
 # After ENOSPC the disk is tried again this often even when no trim freed space: another process may free some.
 FULL_RETRY_S = 1.0
 # A limit reached again and again (stop-and-go at full load) is logged at most this often.
@@ -74,15 +74,23 @@ def private_folder(folder: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise JournalError(f"cannot create the journal folder {folder}: it exists and is not a folder")
     if st.st_uid != os.geteuid():
-        raise JournalError(f"the journal folder {folder} belongs to uid {st.st_uid}, not to this user "
-                           f"(uid {os.geteuid()}): its owner can read and change the journal; use a folder of your own")
+        raise JournalError(
+            f"the journal folder {folder} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()}): its owner can read and change the journal; use a folder of your own"
+        )
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
-        raise JournalError(f"the journal folder {folder} has mode {mode:04o}: other users can add, replace or remove "
-                           f"its files; run `chmod 700 {folder}` (a new folder is created 0700)")
+        raise JournalError(
+            f"the journal folder {folder} has mode {mode:04o}: other users can add, replace or remove "
+            f"its files; run `chmod 700 {folder}` (a new folder is created 0700)"
+        )
     if mode & 0o055:
-        log.warning("the journal folder %s has mode %04o: other users can list or read logged lines; run "
-                    "`chmod 700 %s`", folder, mode, folder)
+        log.warning(
+            "the journal folder %s has mode %04o: other users can list or read logged lines; run `chmod 700 %s`",
+            folder,
+            mode,
+            folder,
+        )
 
 
 def _write_new_file(path: Path, data: bytes) -> None:
@@ -106,8 +114,9 @@ class Journal:
     wait in the pipe, and writers wait for room, until committed segments are trimmed.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, fsync: bool = False,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], *, fsync: bool = False, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.folder = Path(folder)
         self.fsync = fsync
         self.max_bytes = max_bytes  # 0: no limit but the disk
@@ -179,8 +188,12 @@ class Journal:
             self._full_logged = now >= self._last_full_log + FULL_LOG_EVERY_S
             if self._full_logged:
                 self._last_full_log = now
-                log.warning("journal %s is full (%s): not reading the FIFO, so writers wait; loading and trimming "
-                            "go on, reading resumes when there is room", self.folder, why)
+                log.warning(
+                    "journal %s is full (%s): not reading the FIFO, so writers wait; loading and trimming "
+                    "go on, reading resumes when there is room",
+                    self.folder,
+                    why,
+                )
         self._retry_at = now + FULL_RETRY_S
 
     def _resume(self) -> None:
@@ -203,8 +216,9 @@ class Journal:
         try:
             self._rotate_if_full()
             want = min(want, self.segment_bytes - self._segment_size)
-            n = os.splice(fifo_fd, self._fd, want, offset_dst=self._segment_size,
-                          flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+            n = os.splice(
+                fifo_fd, self._fd, want, offset_dst=self._segment_size, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+            )
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -222,7 +236,7 @@ class Journal:
             try:
                 self._rotate_if_full()
                 size = min(self.room(), self.segment_bytes - self._segment_size)
-                n = os.pwrite(self._fd, data[written:written + size], self._segment_size)
+                n = os.pwrite(self._fd, data[written : written + size], self._segment_size)
             except OSError as exc:
                 if exc.errno not in DISK_FULL_ERRNOS:
                     raise

@@ -28,7 +28,7 @@ def _glued_tail(line: bytes | bytearray, limit: int) -> bytes:
     """
     window = line[-limit:]
     glued = glued_event(window)
-    return b"" if glued is None else bytes(window[glued[0]:])
+    return b"" if glued is None else bytes(window[glued[0] :])
 
 
 @dataclass
@@ -48,7 +48,7 @@ class LineSplitter:
         if glued:
             lines.append(glued)
             # The prefix stops where the glued part starts: no byte is rejected twice.
-            too_long.prefix = too_long.prefix[:too_long.length - len(glued)]
+            too_long.prefix = too_long.prefix[: too_long.length - len(glued)]
         return too_long
 
     def feed(self, chunk: bytes) -> tuple[list[bytes], list[Oversized]]:
@@ -67,13 +67,13 @@ class LineSplitter:
             if room > 0:  # keep the first bytes whatever the read boundaries were
                 self._oversized.prefix += piece[:room]
             self._window += piece
-            del self._window[:-self.max_line_bytes]
+            del self._window[: -self.max_line_bytes]
             if end < 0:
                 return lines, oversized
             oversized.append(self._finish(self._oversized, self._window, lines))
             self._oversized = None
             self._window.clear()
-            chunk = chunk[end + 1:]
+            chunk = chunk[end + 1 :]
         parts = chunk.split(b"\n")
         if self._tail:
             self._tail += parts[0]
@@ -92,7 +92,7 @@ class LineSplitter:
             # Keep only the prefix and the last max_line_bytes bytes, and skip to the next newline: memory stays
             # bounded whatever arrives.
             self._oversized = Oversized(len(tail), tail[:REJECTED_PREFIX_BYTES])
-            self._window += tail[-self.max_line_bytes:]
+            self._window += tail[-self.max_line_bytes :]
         else:
             self._tail += tail
         return lines, oversized

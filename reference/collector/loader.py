@@ -48,14 +48,17 @@ class DatabaseRefused(SinkRefused):
 
     def __init__(self, failure: Failure, dsn: str) -> None:
         self.failure = failure
-        super().__init__(f"the database refuses the collector's writes: {scrub(failure.message, dsn)} "
-                         f"({failure.code_text}); to fix: {failure.fix}")
+        super().__init__(
+            f"the database refuses the collector's writes: {scrub(failure.message, dsn)} "
+            f"({failure.code_text}); to fix: {failure.fix}"
+        )
 
 
 # Messages that mean the DSN is wrong rather than the server away, when the first connection fails.
 PERMANENT_CONNECT_ERRORS = re.compile(
     r'database ".*" does not exist|role ".*" does not exist|password authentication failed|'
-    r"no pg_hba\.conf entry|authentication failed")
+    r"no pg_hba\.conf entry|authentication failed"
+)
 
 
 class Abandoned(Exception):
@@ -82,8 +85,14 @@ class Loader:
     (privileges, schema) raises DatabaseRefused, since retrying cannot fix it.
     """
 
-    def __init__(self, dsn: str, *, apply_schema_at_start: bool = True, journal_id: str | None = None,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        apply_schema_at_start: bool = True,
+        journal_id: str | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.dsn = dsn
         self.apply_schema_at_start = apply_schema_at_start
         self.journal_id = journal_id
@@ -132,8 +141,7 @@ class Loader:
         conn = self.conn
         if conn is None or conn.closed:
             try:
-                conn = psycopg2.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_S,
-                                        application_name=APPLICATION_NAME)
+                conn = psycopg2.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name=APPLICATION_NAME)
             except psycopg2.Error as exc:
                 raise _ConnectFailed(exc) from exc
             self.conn, self._schema_ready = conn, False
@@ -171,13 +179,17 @@ class Loader:
         """Classify exc, raise when retrying cannot help, and leave the session ready for a retry."""
         failure = classify(exc)
         if connecting and not self._ever_connected and PERMANENT_CONNECT_ERRORS.search(failure.message):
-            raise DatabaseConfigError(f"cannot use {self.describe()}: {scrub(failure.message, self.dsn)}; "
-                                      f"fix --dsn (or {DSN_ENV} / PG* variables)") from None
+            raise DatabaseConfigError(
+                f"cannot use {self.describe()}: {scrub(failure.message, self.dsn)}; "
+                f"fix --dsn (or {DSN_ENV} / PG* variables)"
+            ) from None
         if failure.kind is Kind.REFUSED:
             self._rollback()
             if not self._ever_connected:
-                raise DatabaseConfigError(f"cannot use {self.describe()}: {scrub(failure.message, self.dsn)} "
-                                          f"({failure.code_text}); to fix: {failure.fix}") from None
+                raise DatabaseConfigError(
+                    f"cannot use {self.describe()}: {scrub(failure.message, self.dsn)} "
+                    f"({failure.code_text}); to fix: {failure.fix}"
+                ) from None
             raise DatabaseRefused(failure, self.dsn) from None
         if failure.kind is Kind.CONNECTION or failure.kind is Kind.DATA or self.backoff.saturated:
             # DATA here means a statement outside the bisected COPY failed: start over on a fresh session. And a
@@ -206,12 +218,22 @@ class Loader:
         elif failure.kind is Kind.CONNECTION:
             log.warning("database connection lost (%s); reconnecting, %s", message, retry)
         elif failure.kind is Kind.CANCELLED:
-            log.warning("the database cancelled the statement (%s: %s): a statement_timeout or lock_timeout shorter "
-                        "than one batch, or an operator's cancel; check ALTER ROLE ... SET statement_timeout and "
-                        "the locks held on logs; %s on the same connection", failure.code_text, message, retry)
+            log.warning(
+                "the database cancelled the statement (%s: %s): a statement_timeout or lock_timeout shorter "
+                "than one batch, or an operator's cancel; check ALTER ROLE ... SET statement_timeout and "
+                "the locks held on logs; %s on the same connection",
+                failure.code_text,
+                message,
+                retry,
+            )
         elif failure.kind is Kind.RESOURCES:
-            log.warning("the database server is short of resources (%s: %s): free disk space or memory on the "
-                        "server, or raise max_connections; %s", failure.code_text, message, retry)
+            log.warning(
+                "the database server is short of resources (%s: %s): free disk space or memory on the "
+                "server, or raise max_connections; %s",
+                failure.code_text,
+                message,
+                retry,
+            )
         else:
             log.warning("the database failed the batch (%s: %s); %s", failure.code_text, message, retry)
 
@@ -222,8 +244,10 @@ class Loader:
             row = cur.fetchone()
         conn.commit()
         if row is None:
-            raise DatabaseConfigError(f"np_collector_offsets has no row for journal {self.journal_id} right after "
-                                      "inserting it; check for a trigger or rule on that table")
+            raise DatabaseConfigError(
+                f"np_collector_offsets has no row for journal {self.journal_id} right after "
+                "inserting it; check for a trigger or rule on that table"
+            )
         return int(row[0])
 
     def _load_once(self, conn: psycopg2.extensions.connection, batch: Batch) -> LoadResult:
@@ -231,27 +255,38 @@ class Loader:
         with conn.cursor() as cur:
             # First: it takes the row lock, and a batch already committed costs no COPY.
             if batch.end_offset is not None:
-                cur.execute(ADVANCE_OFFSET_SQL, {"id": self.journal_id, "start": batch.start_offset,
-                                                 "end": batch.end_offset})
+                cur.execute(
+                    ADVANCE_OFFSET_SQL, {"id": self.journal_id, "start": batch.start_offset, "end": batch.end_offset}
+                )
                 if cur.rowcount == 0:
                     # The connection broke during a COMMIT that did go through: loading again would duplicate.
                     conn.rollback()
-                    log.warning("journal bytes %s..%s were committed before the connection broke; not loading "
-                                "them twice", batch.start_offset, batch.end_offset)
+                    log.warning(
+                        "journal bytes %s..%s were committed before the connection broke; not loading them twice",
+                        batch.start_offset,
+                        batch.end_offset,
+                    )
                     return LoadResult(rows=0, rejected=0)
             if batch.rows:
                 self._copy_isolating(cur, batch.rows, rejections)
             if rejections:
                 psycopg2.extras.execute_values(
-                    cur, INSERT_REJECTED_SQL,
-                    [(r.reason, psycopg2.Binary(r.raw), r.length,
-                      psycopg2.Binary(r.digest) if r.digest is not None else None) for r in rejections])
+                    cur,
+                    INSERT_REJECTED_SQL,
+                    [
+                        (
+                            r.reason,
+                            psycopg2.Binary(r.raw),
+                            r.length,
+                            psycopg2.Binary(r.digest) if r.digest is not None else None,
+                        )
+                        for r in rejections
+                    ],
+                )
         conn.commit()
-        return LoadResult(rows=len(batch.rows) - (len(rejections) - len(batch.rejections)),
-                          rejected=len(rejections))
+        return LoadResult(rows=len(batch.rows) - (len(rejections) - len(batch.rejections)), rejected=len(rejections))
 
-    def _copy_isolating(self, cur: psycopg2.extensions.cursor, rows: list[bytes],
-                        rejections: list[Rejection]) -> None:
+    def _copy_isolating(self, cur: psycopg2.extensions.cursor, rows: list[bytes], rejections: list[Rejection]) -> None:
         """COPY rows; on a data error, bisect under savepoints until each bad row stands alone and is rejected."""
         cur.execute("SAVEPOINT np_copy")
         try:

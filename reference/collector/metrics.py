@@ -51,8 +51,12 @@ class CollectorMetrics(RegistryCollector):
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
         self.registry = CollectorRegistry(auto_describe=True)
-        self.copy_seconds = Histogram(f"{PREFIX}_copy_seconds", "Seconds per committed batch (COPY and commit, "
-                                      "retries included)", buckets=COPY_SECONDS_BUCKETS, registry=self.registry)
+        self.copy_seconds = Histogram(
+            f"{PREFIX}_copy_seconds",
+            "Seconds per committed batch (COPY and commit, retries included)",
+            buckets=COPY_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
         self.rejected: Counter[str] = Counter({name: 0 for name, _ in REASON_CLASSES} | {OTHER_REASON: 0})
         self.last_commit: float | None = None
         self.registry.register(self)
@@ -75,13 +79,13 @@ class CollectorMetrics(RegistryCollector):
         yield _counter("read_bytes", "Bytes taken from the FIFO", source.taken)
         yield _counter("rows_written", "Rows committed to the logs table", sink.counters.rows_written)
         yield _counter("batches", "Batches committed", sink.counters.batches)
-        rejected = CounterMetricFamily(f"{PREFIX}_rejected_lines", "Lines committed to logs_rejected, by reason "
-                                       "class", labels=["reason"])
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_rejected_lines", "Lines committed to logs_rejected, by reason class", labels=["reason"]
+        )
         for name, count in sorted(self.rejected.items()):
             rejected.add_metric([name], count)
         yield rejected
-        yield _gauge("pipe_waiting_bytes", "Bytes written into the FIFO and not read yet (FIONREAD)",
-                     _safe_waiting(c))
+        yield _gauge("pipe_waiting_bytes", "Bytes written into the FIFO and not read yet (FIONREAD)", _safe_waiting(c))
         yield _gauge("pipe_capacity_bytes", "Capacity of the pipe (F_GETPIPE_SZ)", source.capacity)
         yield _gauge("queued_batches", "Batches waiting for the database writer", sink.queued)
         if isinstance(source, JournaledSource):
@@ -89,11 +93,17 @@ class CollectorMetrics(RegistryCollector):
             yield _gauge("journal_bytes", "Bytes the journal's segment files hold on disk", journal.disk_bytes)
             committed = sink.committed
             lag = journal.end - committed if committed is not None else journal.end - journal.start
-            yield _gauge("journal_uncommitted_bytes", "Journaled bytes past the committed offset (the backlog "
-                         "the database still has to take)", max(0, lag))
+            yield _gauge(
+                "journal_uncommitted_bytes",
+                "Journaled bytes past the committed offset (the backlog the database still has to take)",
+                max(0, lag),
+            )
         trouble = bool(getattr(sink, "loader", None) is not None and sink.loader.in_trouble)  # type: ignore[attr-defined]
-        yield _gauge("database_up", "1 while the database takes batches, 0 while the collector retries",
-                     0 if trouble or not sink.ready else 1)
+        yield _gauge(
+            "database_up",
+            "1 while the database takes batches, 0 while the collector retries",
+            0 if trouble or not sink.ready else 1,
+        )
         if self.last_commit is not None:
             yield _gauge("last_commit_timestamp_seconds", "Unix time of the last committed batch", self.last_commit)
 

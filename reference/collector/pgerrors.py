@@ -53,17 +53,17 @@ _CLASSES = {
 # What to do about a refused write, by SQLSTATE (then by class).
 _FIXES = {
     "42501": "GRANT INSERT ON logs, logs_rejected TO the collector's role (with --journal also SELECT, INSERT, "
-             "UPDATE ON np_collector_offsets)",
+    "UPDATE ON np_collector_offsets)",
     "42703": "the logs tables no longer match reference/schema.sql: restore the column it names (the collector "
-             "creates missing tables at start but never alters an existing one)",
+    "creates missing tables at start but never alters an existing one)",
     "42P01": "the logs tables no longer match reference/schema.sql: re-create the table it names (start the "
-             "collector without --no-schema to create missing tables)",
+    "collector without --no-schema to create missing tables)",
     "42804": "a column's type no longer matches reference/schema.sql: restore the type it names",
     "25006": "the server accepts no writes (a standby, or default_transaction_read_only): point the DSN at the "
-             "primary or lift the read-only setting",
+    "primary or lift the read-only setting",
     "3D000": "the database was dropped or renamed: create it or fix the DSN",
     "55000": "provide what the message names (for TimescaleDB: shared_preload_libraries = 'timescaledb' in "
-             "postgresql.conf, then restart the server)",
+    "postgresql.conf, then restart the server)",
 }
 _CLASS_FIXES = {
     "28": "fix the credentials (the password or pg_hba.conf changed)",
@@ -95,8 +95,11 @@ class Failure:
         return _FIXES.get(code) or _CLASS_FIXES.get(code[:2]) or DEFAULT_FIX
 
 
-_KNOWN_CODES = {value for name, value in vars(psycopg2.errorcodes).items()
-                if name.isupper() and isinstance(value, str) and len(value) == 5}
+_KNOWN_CODES = {
+    value
+    for name, value in vars(psycopg2.errorcodes).items()
+    if name.isupper() and isinstance(value, str) and len(value) == 5
+}
 
 
 def first_line(exc: BaseException) -> str:

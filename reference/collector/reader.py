@@ -118,9 +118,12 @@ class FifoReader:
         if st is not None and not stat.S_ISFIFO(st.st_mode):
             if self._reported != (st.st_dev, st.st_ino):
                 self._reported = (st.st_dev, st.st_ino)
-                log.error("%s was replaced by %s: writers that open the path now write there, not to the collector; "
-                          "remove it and the collector creates the FIFO again (it reads the old one meanwhile)",
-                          self.path, describe_kind(st.st_mode))
+                log.error(
+                    "%s was replaced by %s: writers that open the path now write there, not to the collector; "
+                    "remove it and the collector creates the FIFO again (it reads the old one meanwhile)",
+                    self.path,
+                    describe_kind(st.st_mode),
+                )
             return
         what = "removed" if st is None else "replaced by another FIFO"
         try:
@@ -131,8 +134,12 @@ class FifoReader:
                 log.error("the FIFO %s was %s and cannot be taken over: %s", self.path, what, exc)
             return
         self._reported = None
-        log.warning("the FIFO %s was %s while being read: reading the FIFO now at the path, and the old one until "
-                    "its last writer closes it", self.path, what)
+        log.warning(
+            "the FIFO %s was %s while being read: reading the FIFO now at the path, and the old one until "
+            "its last writer closes it",
+            self.path,
+            what,
+        )
         os.close(self._keepalive)  # from now on the old FIFO reports EOF once its writers are gone
         self._retired.append(_Retired(self.fd))
         self._adopt(fd)

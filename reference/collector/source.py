@@ -209,10 +209,15 @@ class JournaledSource:
                 f"the database has journal {journal.id} committed up to offset {committed}, but {journal.folder} "
                 f"holds {journal.start}..{journal.end}: the folder was replaced or the database restored. Give an "
                 "empty --journal folder to start afresh (its unloaded bytes are then not loaded), or use the "
-                "database and folder that belong together")
+                "database and folder that belong together"
+            )
         if committed < journal.end:
-            log.warning("replaying %d journaled bytes not yet committed (offset %d..%d)", journal.end - committed,
-                        committed, journal.end)
+            log.warning(
+                "replaying %d journaled bytes not yet committed (offset %d..%d)",
+                journal.end - committed,
+                committed,
+                journal.end,
+            )
         self._parsed_to = committed
 
     def next_chunk(self) -> Chunk | None:

@@ -28,8 +28,16 @@ from reference.contract import (
     schema_reason,
 )
 
-__all__ = ["COLUMNS", "TEXT_FIELDS", "Invalid", "Rejection", "internal_errors", "parse_event", "parse_line",
-           "parse_lines"]
+__all__ = [
+    "COLUMNS",
+    "TEXT_FIELDS",
+    "Invalid",
+    "Rejection",
+    "internal_errors",
+    "parse_event",
+    "parse_line",
+    "parse_lines",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +92,9 @@ def _copy_texts(texts: tuple[str, ...]) -> str:
     for name, value in zip(TEXT_FIELDS, texts, strict=True):
         if "\x00" in value:
             raise Invalid(f"field {name!r} contains \\u0000; PostgreSQL text cannot store it")
-    return "\t".join(t.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-                     for t in texts)
+    return "\t".join(
+        t.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r") for t in texts
+    )
 
 
 def parse_event(raw: bytes) -> bytes:
@@ -120,8 +129,9 @@ def parse_event(raw: bytes) -> bytes:
     # backslash or NUL (JSON strings cannot hold them raw): one memchr spares the per-field checks.
     plain = raw.find(b"\\") < 0
     data_copy = check_data(fields[7], data_text, plain)
-    if not plain and ("\\" in joined or "\n" in joined or "\r" in joined or "\x00" in joined
-                      or joined.count("\t") != len(texts) - 1):
+    if not plain and (
+        "\\" in joined or "\n" in joined or "\r" in joined or "\x00" in joined or joined.count("\t") != len(texts) - 1
+    ):
         joined = _copy_texts(texts)
     return b"".join(((check_time(fields[0], plain) + "\t" + joined).encode(), b"\t", data_copy, b"\n"))
 
@@ -130,8 +140,11 @@ def _internal_error(raw: bytes, exc: Exception) -> Rejection:
     kind = type(exc).__name__
     _INTERNAL_ERRORS[kind] += 1
     if _INTERNAL_ERRORS[kind] == 1:  # once per kind: a flood of one bad shape must not flood the log
-        log.error("internal error while judging a line (%s), the line is rejected; later ones of this kind are only "
-                  "counted", kind, exc_info=exc)
+        log.error(
+            "internal error while judging a line (%s), the line is rejected; later ones of this kind are only counted",
+            kind,
+            exc_info=exc,
+        )
     return Rejection(f"internal error while judging the line: {kind}: {exc}"[:500], raw)
 
 
@@ -143,7 +156,7 @@ def glued_event(raw: bytes | bytearray, first: int = 0) -> tuple[int, bytes] | N
     of times without costing an attempt.
     """
     starts = [match.start() for match in EVENT_START.finditer(raw, first)]
-    for start in starts[: -MAX_RESTARTS - 1: -1]:
+    for start in starts[: -MAX_RESTARTS - 1 : -1]:
         try:
             return start, parse_event(bytes(raw[start:]))
         except Invalid:
@@ -178,6 +191,7 @@ def parse_line(raw: bytes) -> tuple[bytes | None, list[Rejection]]:
 
 # --- a whole read at once --------------------------------------------------------------------------------------
 
+
 # A read's lines are judged in a handful of C calls when every one is canonical (the exact bytes msgspec encodes
 # for its event: no spaces, the contract's key order, each key once) and holds no backslash (so no string holds
 # an escape, a tab, a newline or a NUL, and no COPY escaping is needed): the project's emitter and Python's
@@ -197,8 +211,10 @@ _TIME = attrgetter("time")
 _DATA = attrgetter("data")
 # The stamps check_time returns as written on its fast path: an offset (Z or +HH:MM up to 15:59, which
 # PostgreSQL takes), at most 6 fraction digits, a year PostgreSQL stores exactly; msgspec checks the ranges.
-_STAMP = (r"(?!000[01]|9999)[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
-          r"(?:[Zz]|[+-](?:0[0-9]|1[0-5]):[0-9]{2})")
+_STAMP = (
+    r"(?!000[01]|9999)[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:[Zz]|[+-](?:0[0-9]|1[0-5]):[0-9]{2})"
+)
 _STAMP_LINES = re.compile(f"{_STAMP}(?:\n{_STAMP})*")
 
 

@@ -36,8 +36,9 @@ class CopySink:
     would lose lines, until a second stop request says to give up.
     """
 
-    def __init__(self, loader: Loader, *, durable: bool, stop: StopRequest | None = None,
-                 stop_grace: float = STOP_GRACE_S) -> None:
+    def __init__(
+        self, loader: Loader, *, durable: bool, stop: StopRequest | None = None, stop_grace: float = STOP_GRACE_S
+    ) -> None:
         self.loader = loader
         self.durable = durable
         self.stop = stop or StopRequest()
@@ -174,11 +175,12 @@ class CopySink:
                     self._committed = batch.end_offset
         except Abandoned:
             if self.durable:
-                log.warning("stopping while the database cannot take the lines: uncommitted lines stay in the "
-                            "journal")
+                log.warning("stopping while the database cannot take the lines: uncommitted lines stay in the journal")
             elif self._ready.is_set() or not self._nothing_queued():
-                log.warning("stopping: the database could not take the lines read within the stop's grace of "
-                            "%g s", self.stop_grace)
+                log.warning(
+                    "stopping: the database could not take the lines read within the stop's grace of %g s",
+                    self.stop_grace,
+                )
             else:
                 log.warning("stopping before the database answered; nothing was loaded")
         except (DatabaseConfigError, DatabaseRefused) as exc:

@@ -64,8 +64,11 @@ class CollectorProcess(BaseCollectorProcess):
 
     def wait_for_log(self, text: str, timeout: float = COLLECTOR_READY_TIMEOUT_S) -> None:
         """Wait until the log contains text (and, for the ready text, the FIFO exists)."""
-        self.wait_until(lambda: text in self.log() and (text != COLLECTOR_READY_TEXT or _is_fifo(self.fifo)),
-                        f"logging {text!r}", timeout)
+        self.wait_until(
+            lambda: text in self.log() and (text != COLLECTOR_READY_TEXT or _is_fifo(self.fifo)),
+            f"logging {text!r}",
+            timeout,
+        )
 
     def wait(self, timeout: float = COLLECTOR_STOP_TIMEOUT_S) -> int:
         """Wait for the process to exit on its own and return its exit status."""
@@ -96,14 +99,22 @@ def run_query(dsn: str, statement: str, params: tuple | dict | None = None) -> l
         conn.close()
 
 
-def count_rows(dsn: str, predicate_sql: str = "TRUE", *, table: str = "logs", params: tuple | dict | None = None
-               ) -> int:
+def count_rows(
+    dsn: str, predicate_sql: str = "TRUE", *, table: str = "logs", params: tuple | dict | None = None
+) -> int:
     """SELECT count(*) FROM table WHERE predicate_sql."""
     return run_query(dsn, f"SELECT count(*) FROM {table} WHERE {predicate_sql}", params)[0][0]
 
 
-def wait_until_rows(dsn: str, predicate_sql: str, expected: int, timeout: float = ROWS_TIMEOUT_S, *,
-                    table: str = "logs", params: tuple | dict | None = None) -> int:
+def wait_until_rows(
+    dsn: str,
+    predicate_sql: str,
+    expected: int,
+    timeout: float = ROWS_TIMEOUT_S,
+    *,
+    table: str = "logs",
+    params: tuple | dict | None = None,
+) -> int:
     """Poll until count(*) of table WHERE predicate_sql equals expected; fail with the last count seen.
 
     The log tables only grow, so a count above expected fails at once instead of waiting out the timeout.
@@ -126,8 +137,10 @@ def run_emitter_process(fifo: str | os.PathLike[str], *args: str, timeout: float
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:  # subprocess.run has already killed and reaped the emitter
-        pytest.fail(f"the emitter {args} did not finish within {timeout:g} s; stderr:\n"
-                    f"{(exc.stderr or b'').decode(errors='replace')}")
+        pytest.fail(
+            f"the emitter {args} did not finish within {timeout:g} s; stderr:\n"
+            f"{(exc.stderr or b'').decode(errors='replace')}"
+        )
     stderr = done.stderr.decode(errors="replace")
     if done.returncode != 0:
         pytest.fail(f"the emitter {args} exited with status {done.returncode}; stderr:\n{stderr}")
@@ -200,10 +213,16 @@ def collector(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess]]:
     """
     started: list[CollectorProcess] = []
 
-    def start(fifo: str | os.PathLike[str], dsn: str, *extra_args: str, ready: str | None = COLLECTOR_READY_TEXT,
-              timeout: float = COLLECTOR_READY_TIMEOUT_S) -> CollectorProcess:
-        handle = CollectorProcess(collector_command(fifo, dsn, *extra_args), fifo,
-                                  tmp_path / f"collector-{len(started)}.log")
+    def start(
+        fifo: str | os.PathLike[str],
+        dsn: str,
+        *extra_args: str,
+        ready: str | None = COLLECTOR_READY_TEXT,
+        timeout: float = COLLECTOR_READY_TIMEOUT_S,
+    ) -> CollectorProcess:
+        handle = CollectorProcess(
+            collector_command(fifo, dsn, *extra_args), fifo, tmp_path / f"collector-{len(started)}.log"
+        )
         handle.start()
         started.append(handle)
         if ready is not None:

@@ -55,9 +55,15 @@ class Harness:
         self.log_path = log_path
         self._out = log_path.open("w")
         # Its own session: the test signals it by pid, never pytest's process group.
-        self.proc = subprocess.Popen([locust_path(), *args], cwd=ROOT, stdout=self._out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or clean_env(),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [locust_path(), *args],
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or clean_env(),
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
 
     def output(self) -> str:
@@ -68,8 +74,9 @@ class Harness:
         """Wait until the output contains text; AssertionError with the output if it exits or times out first."""
         deadline = time.monotonic() + timeout
         while text not in self.output():
-            assert self.proc.poll() is None, f"locust exited ({self.proc.returncode}) before {text!r}:\n" \
-                                             f"{self.output()[-4000:]}"
+            assert self.proc.poll() is None, (
+                f"locust exited ({self.proc.returncode}) before {text!r}:\n{self.output()[-4000:]}"
+            )
             assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output()[-4000:]}"
             time.sleep(POLL_S)
 

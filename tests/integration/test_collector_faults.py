@@ -75,15 +75,22 @@ WRITERS = 4
 WRITE_BEFORE_SIGTERM_S = 1.5
 # A collector honours SIGTERM within this long in every state (the stop grace, 5 s, plus start-up slack).
 SIGTERM_BOUND_S = 10.0
-EVENT = {"time": "2026-11-28T05:30:00.123456+00:00", "application_name": "fault", "environment_name": "test",
-         "log_event": "probe", "trace_id": "0ad94512-df55-11e8-9805-5b8e82d370a6", "file_path": "/srv/probe.py",
-         "host_ip": "10.0.0.1"}
+EVENT = {
+    "time": "2026-11-28T05:30:00.123456+00:00",
+    "application_name": "fault",
+    "environment_name": "test",
+    "log_event": "probe",
+    "trace_id": "0ad94512-df55-11e8-9805-5b8e82d370a6",
+    "file_path": "/srv/probe.py",
+    "host_ip": "10.0.0.1",
+}
 
 
 def event_lines(tag: str, count: int, start: int = 0) -> bytes:
     """count valid lines with data {"tag": tag, "seq": n}."""
-    return b"".join(orjson.dumps({**EVENT, "data": {"tag": tag, "seq": n}}) + b"\n"
-                    for n in range(start, start + count))
+    return b"".join(
+        orjson.dumps({**EVENT, "data": {"tag": tag, "seq": n}}) + b"\n" for n in range(start, start + count)
+    )
 
 
 def write_fifo(fifo: Path, data: bytes) -> None:
@@ -94,8 +101,9 @@ def write_fifo(fifo: Path, data: bytes) -> None:
 
 def tagged(query, dsn: str, tag: str) -> tuple[int, int]:
     """(rows, distinct seqs) of the lines with this tag."""
-    (rows, distinct), = query(dsn, "SELECT count(*), count(DISTINCT data->>'seq') FROM logs WHERE data->>'tag' = %s",
-                              (tag,))
+    ((rows, distinct),) = query(
+        dsn, "SELECT count(*), count(DISTINCT data->>'seq') FROM logs WHERE data->>'tag' = %s", (tag,)
+    )
     return rows, distinct
 
 
@@ -108,8 +116,7 @@ def role(dsn: str, database: Database) -> Iterator[tuple[str, str]]:
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
         cur.execute(sql.SQL("GRANT SELECT, INSERT ON logs, logs_rejected TO {}").format(sql.Identifier(name)))
-        cur.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON np_collector_offsets TO {}").format(
-            sql.Identifier(name)))
+        cur.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON np_collector_offsets TO {}").format(sql.Identifier(name)))
     yield name, psycopg2.extensions.make_dsn(dsn, user=name)
     with admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
@@ -127,9 +134,15 @@ class TestSigtermWithOpenWriteCloseWriters:
         query(dsn, SLOW_TRIGGER_SQL)
         extra = ["--journal", str(tmp_path / "journal")] if journal else []
         handle = collector(fifo_path, dsn, *extra)
-        writers = [subprocess.Popen([sys.executable, "-c", OPEN_WRITE_CLOSE_WRITER, str(fifo_path), f"w{k}", "20"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for k in range(WRITERS)]
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_WRITE_CLOSE_WRITER, str(fifo_path), f"w{k}", "20"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(WRITERS)
+        ]
         try:
             time.sleep(WRITE_BEFORE_SIGTERM_S)
             status = handle.stop(timeout=60)
@@ -204,15 +217,16 @@ class TestRecoveryAndLocks:
         write_fifo(fifo_path, event_lines("reset", 100))
         time.sleep(3)
         assert tagged(query, dsn, "reset") == (0, 0)
-        query(dsn, f"ALTER ROLE \"{name}\" RESET statement_timeout")
+        query(dsn, f'ALTER ROLE "{name}" RESET statement_timeout')
         # The backoff grows to its 5 s cap within 6.3 s of trouble, then each retry takes a fresh session.
         wait_for_rows(dsn, "data->>'tag' = 'reset'", 100, timeout=30)
         assert handle.stop() == 0
         assert "taking batches again" in handle.log()
 
     @pytest.mark.parametrize("journal", [False, True], ids=["plain", "journal"])
-    def test_sigterm_while_a_copy_waits_for_a_lock(self, journal, dsn, fifo_path, tmp_path, collector, query,
-                                                  wait_for_rows):
+    def test_sigterm_while_a_copy_waits_for_a_lock(
+        self, journal, dsn, fifo_path, tmp_path, collector, query, wait_for_rows
+    ):
         """A COPY stuck behind a lock is cancelled once the stop's grace is over: exit within 10 s, lines counted."""
         extra = ["--journal", str(tmp_path / "journal")] if journal else []
         handle = collector(fifo_path, dsn, *extra)
@@ -263,8 +277,11 @@ def small_tablespace(dsn: str) -> Iterator[str]:
             # Everything in it, a hypertable's chunks included (TimescaleDB puts new chunks where logs lives).
             cur.execute("ALTER TABLE logs SET TABLESPACE pg_default")
             for kind in ("TABLE", "INDEX"):
-                cur.execute(sql.SQL(f"ALTER {kind} ALL IN TABLESPACE {{}} SET TABLESPACE pg_default").format(
-                    sql.Identifier(name)))
+                cur.execute(
+                    sql.SQL(f"ALTER {kind} ALL IN TABLESPACE {{}} SET TABLESPACE pg_default").format(
+                        sql.Identifier(name)
+                    )
+                )
             cur.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
     finally:
         admin.close()
@@ -275,8 +292,9 @@ def small_tablespace(dsn: str) -> Iterator[str]:
 class TestServerDiskFull:
     """Item 4: a full disk on the server is named as such and retried with backoff until space returns."""
 
-    def test_disk_full_is_retried_and_everything_lands(self, dsn, small_tablespace, fifo_path, collector, query,
-                                                      wait_for_rows):
+    def test_disk_full_is_retried_and_everything_lands(
+        self, dsn, small_tablespace, fifo_path, collector, query, wait_for_rows
+    ):
         """COPY into a full tablespace: one warning naming the disk, no reconnect storm, every line lands after."""
         query(dsn, f'ALTER TABLE logs SET TABLESPACE "{small_tablespace}"')  # name: letters, digits, _
         handle = collector(fifo_path, dsn)
@@ -302,16 +320,25 @@ class TestSchemaChangeMidRun:
     """Item 5: a schema or privilege change mid-run stops the collector with one clear line and a documented status."""
 
     CHANGES: ClassVar[dict[str, tuple[str, str, str, str]]] = {
-        "revoke": ("REVOKE INSERT ON logs FROM {role}", "GRANT INSERT ON logs TO {role}", "permission denied",
-                   "GRANT INSERT"),
-        "drop_column": ("ALTER TABLE logs DROP COLUMN file_path", "ALTER TABLE logs ADD COLUMN file_path TEXT",
-                        "file_path", "reference/schema.sql"),
+        "revoke": (
+            "REVOKE INSERT ON logs FROM {role}",
+            "GRANT INSERT ON logs TO {role}",
+            "permission denied",
+            "GRANT INSERT",
+        ),
+        "drop_column": (
+            "ALTER TABLE logs DROP COLUMN file_path",
+            "ALTER TABLE logs ADD COLUMN file_path TEXT",
+            "file_path",
+            "reference/schema.sql",
+        ),
     }
 
     @pytest.mark.parametrize("journal", [False, True], ids=["plain", "journal"])
     @pytest.mark.parametrize("change", sorted(CHANGES))
-    def test_one_error_line_and_nothing_lost_with_a_journal(self, change, journal, dsn, role, fifo_path, tmp_path,
-                                                           collector, query, wait_for_rows):
+    def test_one_error_line_and_nothing_lost_with_a_journal(
+        self, change, journal, dsn, role, fifo_path, tmp_path, collector, query, wait_for_rows
+    ):
         """Exit 3 with one line naming cause, fix and the lines not stored; a journal keeps those lines."""
         name, role_dsn = role
         breaking, fixing, cause, fix = (text.replace("{role}", name) for text in self.CHANGES[change])
@@ -352,8 +379,10 @@ OUTAGE_S = 4.0
 
 def flood() -> bytes:
     """GARBAGE_LINES lines of 1 MiB garbage (no newline inside, not JSON), each different."""
-    return b"".join(b"%08d " % k + b"garbage " * ((GARBAGE_LINE_BYTES - 9) // 8) + b"g" * ((GARBAGE_LINE_BYTES - 9) % 8)
-                    + b"\n" for k in range(GARBAGE_LINES))
+    return b"".join(
+        b"%08d " % k + b"garbage " * ((GARBAGE_LINE_BYTES - 9) // 8) + b"g" * ((GARBAGE_LINE_BYTES - 9) % 8) + b"\n"
+        for k in range(GARBAGE_LINES)
+    )
 
 
 class PeakRss:
@@ -381,14 +410,14 @@ class PeakRss:
         return self.peak
 
 
-
 class TestRejectionFlood:
     """Item 6: rejected lines count toward the batch limits, and logs_rejected keeps a bounded prefix of each."""
 
     @pytest.mark.parametrize("outage", [False, True], ids=["db_up", "db_outage"])
     @pytest.mark.parametrize("journal", [False, True], ids=["plain", "journal"])
-    def test_peak_rss_stays_bounded(self, journal, outage, private_database, fifo_path, tmp_path, collector, query,
-                                    wait_for_rows):
+    def test_peak_rss_stays_bounded(
+        self, journal, outage, private_database, fifo_path, tmp_path, collector, query, wait_for_rows
+    ):
         """200 garbage lines of 1 MiB: peak RSS at most 100 MiB; each is kept as 64 KiB, its length and its hash."""
         db = private_database
         extra = ["--journal", str(tmp_path / "journal")] if journal else []
@@ -427,7 +456,7 @@ class TestRejectKeepBytes:
         bad = b"not json " * 555 + b"!"
         write_fifo(fifo_path, bad + b"\n")
         wait_for_rows(dsn, "TRUE", 1, table="logs_rejected")
-        (kept, length, digest), = query(dsn, "SELECT raw, raw_length, raw_sha256 FROM logs_rejected")
+        ((kept, length, digest),) = query(dsn, "SELECT raw, raw_length, raw_sha256 FROM logs_rejected")
         assert bytes(kept) == bad[:100]
         assert length == len(bad)
         assert bytes(digest) == hashlib.sha256(bad).digest()
@@ -437,18 +466,36 @@ class TestRejectKeepBytes:
 class TestErrorClassification:
     """Errors PostgreSQL really raises are classified by their SQLSTATE, whatever psycopg2's class for them."""
 
-    @pytest.mark.parametrize(("statements", "kind"), [
-        (["SET statement_timeout = '10ms'", "SELECT pg_sleep(1)"], Kind.CANCELLED),
-        (["SET lock_timeout = '10ms'", "LOCK TABLE logs IN ACCESS EXCLUSIVE MODE"], Kind.CANCELLED),
-        (["SELECT 1/0"], Kind.DATA),
-        (["SELECT 'x'::timestamptz"], Kind.DATA),
-        (["SELECT * FROM no_such_table"], Kind.REFUSED),
-        (["SELECT no_such_column FROM logs"], Kind.REFUSED),
-        (["SET default_transaction_read_only = on", "COMMIT", "INSERT INTO logs_rejected (reason, raw) "
-          "VALUES ('x', 'x')"], Kind.REFUSED),
-        (["SELECT pg_terminate_backend(pg_backend_pid())"], Kind.CONNECTION),
-    ], ids=["statement_timeout", "lock_timeout", "division", "bad_time", "no_table", "no_column", "read_only",
-            "terminated"])
+    @pytest.mark.parametrize(
+        ("statements", "kind"),
+        [
+            (["SET statement_timeout = '10ms'", "SELECT pg_sleep(1)"], Kind.CANCELLED),
+            (["SET lock_timeout = '10ms'", "LOCK TABLE logs IN ACCESS EXCLUSIVE MODE"], Kind.CANCELLED),
+            (["SELECT 1/0"], Kind.DATA),
+            (["SELECT 'x'::timestamptz"], Kind.DATA),
+            (["SELECT * FROM no_such_table"], Kind.REFUSED),
+            (["SELECT no_such_column FROM logs"], Kind.REFUSED),
+            (
+                [
+                    "SET default_transaction_read_only = on",
+                    "COMMIT",
+                    "INSERT INTO logs_rejected (reason, raw) VALUES ('x', 'x')",
+                ],
+                Kind.REFUSED,
+            ),
+            (["SELECT pg_terminate_backend(pg_backend_pid())"], Kind.CONNECTION),
+        ],
+        ids=[
+            "statement_timeout",
+            "lock_timeout",
+            "division",
+            "bad_time",
+            "no_table",
+            "no_column",
+            "read_only",
+            "terminated",
+        ],
+    )
     def test_real_errors(self, statements, kind, dsn):
         """Each statement's real error lands in the kind the collector's retry logic expects."""
         blocker = psycopg2.connect(dsn)

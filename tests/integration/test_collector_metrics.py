@@ -43,15 +43,17 @@ def scrape(port: int) -> dict[str, float]:
 class TestMetricsEndpoint:
     """The counters at /metrics agree with the database after a load, and move during it."""
 
-    def test_counters_match_the_database(self, fifo_path, dsn, collector, run_emitter, query, wait_for_rows,
-                                         tmp_path):
+    def test_counters_match_the_database(self, fifo_path, dsn, collector, run_emitter, query, wait_for_rows, tmp_path):
         """Scraped during the load the counters grow; after it, rows and rejections equal the tables' counts."""
         port = free_port()
         proc = collector(fifo_path, dsn, "--journal", str(tmp_path / "journal"), "--metrics-port", str(port))
         assert f"metrics at http://127.0.0.1:{port}/metrics" in proc.log()
         summary: dict = {}
-        load = threading.Thread(target=lambda: summary.update(
-            run_emitter(fifo_path, "--count", str(LINES), "--rate", str(RATE), "--run-id", "m1")))
+        load = threading.Thread(
+            target=lambda: summary.update(
+                run_emitter(fifo_path, "--count", str(LINES), "--rate", str(RATE), "--run-id", "m1")
+            )
+        )
         load.start()
         during = []
         try:
@@ -86,8 +88,10 @@ class TestMetricsEndpoint:
         assert after["namedpiper_collector_lines_read_total"] == LINES + bad
         for reason, (_, count) in BAD_LINES.items():
             assert after[f"namedpiper_collector_rejected_lines_total{{reason={reason}}}"] == count
-        assert sum(v for k, v in after.items() if k.startswith("namedpiper_collector_rejected_lines_total")) == \
-            query(dsn, "SELECT count(*) FROM logs_rejected")[0][0]
+        assert (
+            sum(v for k, v in after.items() if k.startswith("namedpiper_collector_rejected_lines_total"))
+            == query(dsn, "SELECT count(*) FROM logs_rejected")[0][0]
+        )
         assert after["namedpiper_collector_copy_seconds_count"] == after["namedpiper_collector_batches_total"] > 0
         assert after["namedpiper_collector_database_up"] == 1
         assert after["namedpiper_collector_journal_uncommitted_bytes"] == 0

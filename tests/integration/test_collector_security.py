@@ -20,9 +20,25 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user
 
 def start_emitter(fifo: Path, run_id: str, count: int, rate: int) -> subprocess.Popen:
     """A blocking emitter in the background that keeps its descriptor for the whole run."""
-    return subprocess.Popen([sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), "--count", str(count),
-                             "--rate", str(rate), "--run-id", run_id],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reference.emitter",
+            "--fifo",
+            str(fifo),
+            "--count",
+            str(count),
+            "--rate",
+            str(rate),
+            "--run-id",
+            run_id,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -38,8 +54,7 @@ def modes(folder: Path) -> dict[str, int]:
 class TestOneCollectorPerJournalAndFifo:
     """A second collector on the same journal or FIFO exits 2 naming the first one's pid; the first goes on."""
 
-    def test_a_second_collector_on_the_journal_is_refused(self, collector, dsn, tmp_path, run_emitter,
-                                                          wait_for_rows):
+    def test_a_second_collector_on_the_journal_is_refused(self, collector, dsn, tmp_path, run_emitter, wait_for_rows):
         """Same --journal, another FIFO: exit 2 with the holder's pid, and the first loads every line once."""
         first = collector(tmp_path / "a.fifo", dsn, "--journal", str(tmp_path / "j"))
         second = collector(tmp_path / "b.fifo", dsn, "--journal", str(tmp_path / "j"), ready=None)
@@ -63,8 +78,9 @@ class TestOneCollectorPerJournalAndFifo:
 class TestPrivateJournal:
     """Logged lines in the journal are readable by the collector's user only."""
 
-    def test_journal_folder_0700_and_files_0600_under_an_open_umask(self, collector, dsn, fifo_path, tmp_path,
-                                                                     run_emitter, wait_for_rows):
+    def test_journal_folder_0700_and_files_0600_under_an_open_umask(
+        self, collector, dsn, fifo_path, tmp_path, run_emitter, wait_for_rows
+    ):
         """With umask 000 the journal folder is 0700 and every file in it 0600."""
         old = os.umask(0)
         try:
@@ -113,8 +129,9 @@ class TestFifoRemoved:
     """A FIFO removed while the collector reads it: recreated, both read, nothing lost."""
 
     @pytest.mark.parametrize("journal", [False, True], ids=["no-journal", "journal"])
-    def test_lines_through_the_old_and_the_new_fifo_all_land(self, collector, dsn, fifo_path, tmp_path,
-                                                              wait_for_rows, journal):
+    def test_lines_through_the_old_and_the_new_fifo_all_land(
+        self, collector, dsn, fifo_path, tmp_path, wait_for_rows, journal
+    ):
         """An emitter holding the old FIFO and one opening the new path both land every line, once."""
         extra = ("--journal", str(tmp_path / "j")) if journal else ()
         proc = collector(fifo_path, dsn, *extra)
@@ -142,7 +159,12 @@ class TestFifoRemoved:
         """A FIFO replaced by a regular file: the emitter exits 2 and writes nothing into it."""
         path = tmp_path / "f"
         path.write_bytes(b"")
-        done = subprocess.run([sys.executable, "-m", "reference.emitter", "--fifo", str(path), "--count", "10"],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "reference.emitter", "--fifo", str(path), "--count", "10"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 2
         assert path.read_bytes() == b""

@@ -18,8 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from strategies import lines  # the unit tests' generator of valid lines
 
 # A few hundred examples, each a handful of lines, all through one collector: well under a minute of writing.
-THROUGH_THE_PIPE = settings(max_examples=150, deadline=None, derandomize=True,
-                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+THROUGH_THE_PIPE = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 # A small line limit makes the over-limit fragment cheap to write; good lines stay far below it.
 MAX_LINE = 16_384
 LAND_TIMEOUT_S = 30.0
@@ -51,8 +55,11 @@ class TestThroughTheFifo:
         counter = itertools.count()
 
         @THROUGH_THE_PIPE
-        @given(st.lists(lines(max_leaves=6), min_size=1, max_size=4), st.sampled_from(sorted(WHOLE_LINE_MUTATIONS)),
-               st.booleans())
+        @given(
+            st.lists(lines(max_leaves=6), min_size=1, max_size=4),
+            st.sampled_from(sorted(WHOLE_LINE_MUTATIONS)),
+            st.booleans(),
+        )
         def example(good, mutation, over_limit):
             n = next(counter)
             good_lines = [g.raw for g in good]
@@ -60,8 +67,10 @@ class TestThroughTheFifo:
             assert bad != good_lines[0]
             fragment = (b"y" * (MAX_LINE + 1)) if over_limit else good_lines[-1][: len(good_lines[-1]) // 3]
             marker = f"np-{n}".encode()
-            last = (b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
-                    b'"trace_id":"' + marker + b'","file_path":"f","host_ip":"h","data":null}')
+            last = (
+                b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+                b'"trace_id":"' + marker + b'","file_path":"f","host_ip":"h","data":null}'
+            )
             stream = b"\n".join([*good_lines, bad, fragment + last]) + b"\n"
             rows_before = query(dsn, "SELECT count(*) FROM logs")[0][0]
             rejected_before = query(dsn, "SELECT count(*) FROM logs_rejected")[0][0]

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from strategies import Style, encode, json_values, keys, stamps, styles
 
 # A few hundred examples per property: each costs a few PostgreSQL round trips.
-DIFFERENTIAL = settings(max_examples=250, deadline=None,
-                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-TEXTS = ('"application_name":"a","environment_name":"e","log_event":"l","trace_id":"t","file_path":"f",'
-         '"host_ip":"h"')
+DIFFERENTIAL = settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+TEXTS = '"application_name":"a","environment_name":"e","log_event":"l","trace_id":"t","file_path":"f","host_ip":"h"'
 
 # The deliberate disagreements, each with a stamp or data that shows it (docs/collector.md lists them).
 # collector accepts (stores the UTC instant), PostgreSQL's own cast refuses:
@@ -109,8 +109,14 @@ class TestTimeAgainstTimestamptz:
     """Every stamp: the collector and ::timestamptz agree, or the disagreement is one of the documented rules."""
 
     @DIFFERENTIAL
-    @given(stamps() | st.from_regex(r"[0-9]{4}-[01][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-6][0-9]:[0-6][0-9]"
-                                    r"(\.[0-9]{1,9})?([Zz]|[+-][0-2][0-9]:[0-6][0-9])?", fullmatch=True))
+    @given(
+        stamps()
+        | st.from_regex(
+            r"[0-9]{4}-[01][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-6][0-9]:[0-6][0-9]"
+            r"(\.[0-9]{1,9})?([Zz]|[+-][0-2][0-9]:[0-6][0-9])?",
+            fullmatch=True,
+        )
+    )
     def test_stamps(self, conn, text):
         """Both accept: the same instant. Only one accepts: a documented rule names why."""
         (stored_ok, stored), (pg_ok, pg) = verdicts(conn, text, "null")[:2]
@@ -152,9 +158,9 @@ class TestDataAgainstJsonb:
         if mutation == "repeat" and value:
             text = text[:-1] + "," + text[1:]  # every key once more: jsonb keeps the last value
         elif mutation == "nul":
-            text = text[:-1] + (',' if value else '') + '"z":"\\u0000"}'
+            text = text[:-1] + ("," if value else "") + '"z":"\\u0000"}'
         elif mutation == "surrogate":
-            text = text[:-1] + (',' if value else '') + '"z":"\\udc00"}'
+            text = text[:-1] + ("," if value else "") + '"z":"\\udc00"}'
         elif mutation == "truncate" and len(text) > 2:
             text = text[: data.draw(st.integers(1, len(text) - 1))]
         (stored_ok, stored), _pg_time, (pg_ok, pg) = verdicts(conn, "2026-11-28T05:30:00Z", text)
@@ -177,4 +183,3 @@ class TestDataAgainstJsonb:
         assert not stored_ok
         assert "numeric" in stored
         assert not pg_ok
-

@@ -56,8 +56,9 @@ def module_dsn(database) -> Iterator[str]:
 def hostile_collector(module_dsn, tmp_path_factory) -> Iterator[CollectorProcess]:
     """One reference collector (default settings) for every kind: a bad line must not disturb the next test."""
     folder = tmp_path_factory.mktemp("hostile")
-    handle = CollectorProcess(collector_command(folder / "logs.fifo", module_dsn), folder / "logs.fifo",
-                              folder / "collector.log").start()
+    handle = CollectorProcess(
+        collector_command(folder / "logs.fifo", module_dsn), folder / "logs.fifo", folder / "collector.log"
+    ).start()
     try:
         handle.wait_for_log(COLLECTOR_READY_TEXT)
         yield handle
@@ -70,7 +71,7 @@ def write_all(fd: int, data: bytes) -> None:
     """Write every byte to a blocking fd (a line larger than the pipe goes in as the collector reads)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 @pytest.mark.parametrize(("number", "line"), [pytest.param(n, line, id=line.kind) for n, line in enumerate(CORPUS)])
@@ -92,10 +93,15 @@ def test_a_bad_line_is_rejected_and_the_good_lines_around_it_land(number, line, 
 
     deadline = started + NO_STALL_S
     while True:
-        landed = run_query(module_dsn, "SELECT (data->'_np'->>'seq')::int FROM logs WHERE data->'_np'->>'run' = %s "
-                                       "AND data->'_np'->>'src' = %s ORDER BY 1", (RUN_ID, source))
-        rejected = run_query(module_dsn, "SELECT reason, raw FROM logs_rejected ORDER BY received_at, ctid "
-                                         "OFFSET %s", (rejected_before,))
+        landed = run_query(
+            module_dsn,
+            "SELECT (data->'_np'->>'seq')::int FROM logs WHERE data->'_np'->>'run' = %s "
+            "AND data->'_np'->>'src' = %s ORDER BY 1",
+            (RUN_ID, source),
+        )
+        rejected = run_query(
+            module_dsn, "SELECT reason, raw FROM logs_rejected ORDER BY received_at, ctid OFFSET %s", (rejected_before,)
+        )
         visible_after = time.monotonic() - started
         if (len(landed) >= 2 and rejected) or time.monotonic() >= deadline:
             break
@@ -106,8 +112,9 @@ def test_a_bad_line_is_rejected_and_the_good_lines_around_it_land(number, line, 
     got = [(reason, bytes(raw)) for reason, raw in rejected]
     shown = [(reason, raw[:80]) for reason, raw in got]
     # An over-long line keeps its first REJECTED_PREFIX_BYTES; every other line is kept whole.
-    assert [raw for _reason, raw in got] == [line.raw[:REJECTED_PREFIX_BYTES]], \
+    assert [raw for _reason, raw in got] == [line.raw[:REJECTED_PREFIX_BYTES]], (
         f"{line.kind}: expected one rejection holding the raw line, got {shown}"
+    )
     assert line.reason in got[0][0]
     stored = run_query(module_dsn, "SELECT count(*) FROM logs WHERE data->>'corpus' = %s", (line.kind,))[0][0]
     assert stored == 0, f"the bad line {line.kind} was stored as an event"
@@ -131,4 +138,3 @@ class TestHostileScenario:
         assert t["lost"] == t["duplicated"] == t["torn_or_rejected"] == 0
         assert t["landed"] == t["sent"]
         assert_passed(code, output, v)
-

@@ -22,8 +22,22 @@ RUN_TIME = "30s"
 
 def start(dsn: str, report_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> Harness:
     """The steady scenario, headless, against dsn (an own embedded database when dsn is empty)."""
-    args = ["--config", "scenarios/steady.conf", "--run-time", RUN_TIME, "--users", "8", "--spawn-rate", "8",
-            "--report-dir", str(report_dir), "--drain-timeout", "20", *master_port_args(), *extra]
+    args = [
+        "--config",
+        "scenarios/steady.conf",
+        "--run-time",
+        RUN_TIME,
+        "--users",
+        "8",
+        "--spawn-rate",
+        "8",
+        "--report-dir",
+        str(report_dir),
+        "--drain-timeout",
+        "20",
+        *master_port_args(),
+        *extra,
+    ]
     if dsn:
         args += ["--dsn", dsn]
     return Harness(args, log_path, env)
@@ -118,8 +132,9 @@ class TestTwoSignals:
         """
         data_dir = Path(tempfile.mkdtemp(prefix="namedpiper-it-"))  # not under pytest's 0700 basetemp (see conftest)
         env = clean_env(NAMEDPIPER_DATA_DIR=str(data_dir / "pgdata"))
-        harness = start("", tmp_path / "reports", tmp_path / "locust.log", "--run-time", "4s",
-                        "--drain-timeout", "60", env=env)
+        harness = start(
+            "", tmp_path / "reports", tmp_path / "locust.log", "--run-time", "4s", "--drain-timeout", "60", env=env
+        )
         try:
             harness.wait_for("All users spawned", timeout=120)
             collector = collector_of(harness)

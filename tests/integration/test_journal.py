@@ -17,8 +17,10 @@ import psycopg2.extensions
 log = logging.getLogger(__name__)
 
 RUN_PREDICATE = "data->'_np'->>'run' = %s"
-EXACTLY_ONCE_SQL = ("SELECT count(*), count(DISTINCT (data->'_np'->>'src', data->'_np'->>'seq')) FROM logs "
-                    "WHERE data->'_np'->>'run' = %s")
+EXACTLY_ONCE_SQL = (
+    "SELECT count(*), count(DISTINCT (data->'_np'->>'src', data->'_np'->>'seq')) FROM logs "
+    "WHERE data->'_np'->>'run' = %s"
+)
 # Lines written while the faults happen: enough to keep the pipe busy across them, few enough to stay quick.
 LINES = 40_000
 RATE = 8_000
@@ -26,10 +28,20 @@ RATE = 8_000
 
 def start_emitter(fifo: Path, run_id: str, lines: int = LINES, rate: int = RATE) -> subprocess.Popen:
     """A blocking emitter in the background: it waits through EPIPE for the next reader."""
-    cmd = [sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), "--count", str(lines), "--rate",
-           str(rate), "--run-id", run_id]
-    return subprocess.Popen(cmd,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "reference.emitter",
+        "--fifo",
+        str(fifo),
+        "--count",
+        str(lines),
+        "--rate",
+        str(rate),
+        "--run-id",
+        run_id,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -51,13 +63,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def exactly_once(query, dsn: str, run_id: str) -> tuple[int, int]:
-    (rows, distinct), = query(dsn, EXACTLY_ONCE_SQL, (run_id,))
+    ((rows, distinct),) = query(dsn, EXACTLY_ONCE_SQL, (run_id,))
     return rows, distinct
 
 
 class TestCrash:
-    def test_three_sigkills_lose_and_duplicate_nothing(self, dsn, fifo_path, tmp_path, collector, query,
-                                                      wait_for_rows):
+    def test_three_sigkills_lose_and_duplicate_nothing(self, dsn, fifo_path, tmp_path, collector, query, wait_for_rows):
         """A collector killed with SIGKILL three times mid-stream and restarted leaves each line exactly once."""
         journal = str(tmp_path / "journal")
         handle = collector(fifo_path, dsn, "--journal", journal)
@@ -73,7 +84,7 @@ class TestCrash:
             emitter.kill()
         assert exactly_once(query, dsn, "crash3") == (LINES, LINES)
         assert handle.stop() == 0
-        (rejected,), = query(dsn, "SELECT count(*) FROM logs_rejected")
+        ((rejected,),) = query(dsn, "SELECT count(*) FROM logs_rejected")
         assert rejected == 0
 
     def test_lost_connections_duplicate_nothing(self, dsn, fifo_path, tmp_path, collector, query, wait_for_rows):
@@ -89,8 +100,10 @@ class TestCrash:
             conn.autocommit = True
             while not stop.is_set():
                 with conn.cursor() as cur:
-                    cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                "WHERE application_name = 'namedpiper-collector'")
+                    cur.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = 'namedpiper-collector'"
+                    )
                     kills += cur.fetchone()[0]
                 time.sleep(0.15)
             conn.close()
@@ -112,12 +125,12 @@ class TestCrash:
         assert "reconnecting" in handle.log()
 
 
-
 class TestDatabaseOutage:
     OUTAGE_S = 5.0
 
-    def test_writers_never_stall_and_everything_lands_after_the_outage(self, private_database, fifo_path, tmp_path,
-                                                                       collector, query, wait_for_rows):
+    def test_writers_never_stall_and_everything_lands_after_the_outage(
+        self, private_database, fifo_path, tmp_path, collector, query, wait_for_rows
+    ):
         """The FIFO keeps draining into the journal while PostgreSQL is down; afterwards every line lands once."""
         db = private_database
         handle = collector(fifo_path, db.dsn, "--journal", str(tmp_path / "journal"), "--stats-interval", "1")
@@ -135,7 +148,7 @@ class TestDatabaseOutage:
             cpu_during = cpu_seconds(handle.pid) - cpu_early
             db.start()
             back_at = time.monotonic()
-            (landed_when_back,), = query(db.dsn, f"SELECT count(*) FROM logs WHERE {RUN_PREDICATE}", ("outage",))
+            ((landed_when_back,),) = query(db.dsn, f"SELECT count(*) FROM logs WHERE {RUN_PREDICATE}", ("outage",))
             summary = finish(emitter)
         finally:
             emitter.kill()
@@ -151,19 +164,35 @@ class TestDatabaseOutage:
         text = handle.log()
         assert "database unreachable" in text
         assert "reachable again" in text
-        peak_kib = int(next(line.split()[1] for line in Path(f"/proc/{handle.pid}/status").read_text().splitlines()
-                            if line.startswith("VmHWM:")))
-        log.info("emitter blocked %.2f s in all; journal grew %d bytes and the collector used %.2f s of CPU during "
-                 "the outage", blocked, journaled_late - journaled_early, cpu_during)
-        log.info("outage %.1f s; collector peak RSS %.1f MiB; %d rows when the database came back; %d more "
-                 "rows (backlog and new lines) landed in %.2f s", back_at - down_at, peak_kib / 1024,
-                 landed_when_back, 60_000 - landed_when_back, caught_up - back_at)
+        peak_kib = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{handle.pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            )
+        )
+        log.info(
+            "emitter blocked %.2f s in all; journal grew %d bytes and the collector used %.2f s of CPU during "
+            "the outage",
+            blocked,
+            journaled_late - journaled_early,
+            cpu_during,
+        )
+        log.info(
+            "outage %.1f s; collector peak RSS %.1f MiB; %d rows when the database came back; %d more "
+            "rows (backlog and new lines) landed in %.2f s",
+            back_at - down_at,
+            peak_kib / 1024,
+            landed_when_back,
+            60_000 - landed_when_back,
+            caught_up - back_at,
+        )
         assert peak_kib < 100 * 1024
         assert handle.stop() == 0
 
-    def test_sigterm_with_the_database_down_keeps_lines_for_the_next_start(self, dsn, fifo_path, tmp_path,
-                                                                          collector, run_emitter, query,
-                                                                          wait_for_rows):
+    def test_sigterm_with_the_database_down_keeps_lines_for_the_next_start(
+        self, dsn, fifo_path, tmp_path, collector, run_emitter, query, wait_for_rows
+    ):
         """SIGTERM while the database is unreachable exits promptly; the next collector loads every line."""
         journal = str(tmp_path / "journal")
         nowhere = psycopg2.extensions.make_dsn(host=str(tmp_path / "no-server"), dbname="np", user="np")

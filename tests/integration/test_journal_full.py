@@ -16,8 +16,10 @@ import psycopg2
 import pytest
 
 RUN_PREDICATE = "data->'_np'->>'run' = %s"
-EXACTLY_ONCE_SQL = ("SELECT count(*), count(DISTINCT (data->'_np'->>'src', data->'_np'->>'seq')) FROM logs "
-                    "WHERE data->'_np'->>'run' = %s")
+EXACTLY_ONCE_SQL = (
+    "SELECT count(*), count(DISTINCT (data->'_np'->>'src', data->'_np'->>'seq')) FROM logs "
+    "WHERE data->'_np'->>'run' = %s"
+)
 # A disk smaller than what the emitter writes (~430 B a line), so it fills while the database is held back.
 TMPFS_BYTES = 2 * 1024 * 1024
 LINES = 20_000
@@ -35,11 +37,17 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of TMPFS_BYTES mounted for the test and unmounted after it; skips where mounting is not permitted."""
     mountpoint = tmp_path / "tmpfs"
     mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): run as root with "
-                    "CAP_SYS_ADMIN to test a full journal disk")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): run as root with "
+            "CAP_SYS_ADMIN to test a full journal disk"
+        )
     try:
         yield mountpoint
     finally:
@@ -62,10 +70,26 @@ def loading_held(dsn: str) -> Iterator[None]:
 
 def start_emitter(fifo: Path, run_id: str, count: int) -> subprocess.Popen:
     """A blocking emitter at full speed in the background: it waits while the collector does not read."""
-    return subprocess.Popen([sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), "--count", str(count),
-                             "--run-id", run_id, "--writers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group: its writer processes end with it
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reference.emitter",
+            "--fifo",
+            str(fifo),
+            "--count",
+            str(count),
+            "--run-id",
+            run_id,
+            "--writers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # its own process group: its writer processes end with it
 
 
 def kill_emitter(emitter: subprocess.Popen | None) -> None:

@@ -39,10 +39,24 @@ INSERT INTO logs(time, application_name, environment_name, log_event, trace_id, 
     (NOW(), 'WebApp', 'production', 'login', '0ad94512-df55-11e8-9805-5b8e82d370a6', '/usr/src/app/login.py', '127.0.0.1', '{"user": "Shawn Corey Carter", "age": 48, "email": "someemail@email.com"}');
 """  # noqa: E501 - kept exactly as the README prints it
 README_ROWS = [
-    ("LoadBalancer", "production", "access", "cc47066c-df5f-11e8-93a0-03a5cafa053b", "/usr/src/app/haproxy",
-     "127.0.0.1", None),
-    ("WebApp", "production", "login", "0ad94512-df55-11e8-9805-5b8e82d370a6", "/usr/src/app/login.py", "127.0.0.1",
-     {"user": "Shawn Corey Carter", "age": 48, "email": "someemail@email.com"}),
+    (
+        "LoadBalancer",
+        "production",
+        "access",
+        "cc47066c-df5f-11e8-93a0-03a5cafa053b",
+        "/usr/src/app/haproxy",
+        "127.0.0.1",
+        None,
+    ),
+    (
+        "WebApp",
+        "production",
+        "login",
+        "0ad94512-df55-11e8-9805-5b8e82d370a6",
+        "/usr/src/app/login.py",
+        "127.0.0.1",
+        {"user": "Shawn Corey Carter", "age": 48, "email": "someemail@email.com"},
+    ),
 ]
 # The README's queries; the literals it compares with become parameters.
 QUERY_LATEST = "SELECT * FROM logs ORDER BY time DESC LIMIT 5;"
@@ -82,18 +96,26 @@ for k in range(emitters):
 
 def per_source(query, dsn: str, run: str) -> dict[str, tuple[int, int, int, int]]:
     """{src: (rows, distinct seqs, min seq, max seq)} of one run."""
-    rows = query(dsn, """
+    rows = query(
+        dsn,
+        """
         SELECT data->'_np'->>'src', count(*), count(DISTINCT (data->'_np'->>'seq')::bigint),
                min((data->'_np'->>'seq')::bigint), max((data->'_np'->>'seq')::bigint)
-        FROM logs WHERE data->'_np'->>'run' = %s GROUP BY 1""", (run,))
+        FROM logs WHERE data->'_np'->>'run' = %s GROUP BY 1""",
+        (run,),
+    )
     return {src: tuple(counts) for src, *counts in rows}
 
 
 def assert_complete(query, dsn: str, run: str, expected: dict[str, int]) -> None:
     """Each source's seq 1..n is in logs exactly once, nothing else of the run is there, nothing was rejected."""
-    (total, distinct), = query(dsn, """
+    ((total, distinct),) = query(
+        dsn,
+        """
         SELECT count(*), count(DISTINCT (data->'_np'->>'src', (data->'_np'->>'seq')::bigint))
-        FROM logs WHERE data->'_np'->>'run' = %s""", (run,))
+        FROM logs WHERE data->'_np'->>'run' = %s""",
+        (run,),
+    )
     assert total == distinct == sum(expected.values()), f"{total} rows, {distinct} distinct (src, seq)"
     assert per_source(query, dsn, run) == {src: (n, n, 1, n) for src, n in expected.items()}
     assert query(dsn, "SELECT reason, raw FROM logs_rejected") == []
@@ -109,8 +131,15 @@ def rejected(query, dsn: str) -> dict[bytes, str]:
 
 def columns(event: dict) -> tuple:
     """The columns of an event after time, in table order, as psycopg2 returns them."""
-    return (event["application_name"], event["environment_name"], event["log_event"], event["trace_id"],
-            event["file_path"], event["host_ip"], event["data"])
+    return (
+        event["application_name"],
+        event["environment_name"],
+        event["log_event"],
+        event["trace_id"],
+        event["file_path"],
+        event["host_ip"],
+        event["data"],
+    )
 
 
 def canonical(row: tuple) -> bytes:
@@ -127,38 +156,63 @@ def write_fifo(fifo: Path, data: bytes) -> None:
 class TestConcurrentEmitters:
     """Several writers at once: no line lost, none duplicated."""
 
-    def test_four_emitter_processes_land_every_line_once(self, dsn, fifo_path, collector, run_emitter, query,
-                                                         wait_for_rows, record_property):
+    def test_four_emitter_processes_land_every_line_once(
+        self, dsn, fifo_path, collector, run_emitter, query, wait_for_rows, record_property
+    ):
         """Four emitter processes writing at once land exactly 4 x 2,500 rows, each (src, seq) once."""
         handle = collector(fifo_path, dsn)
         started = time.monotonic()
         with ThreadPoolExecutor(WRITERS) as pool:
-            summaries = list(pool.map(
-                lambda k: run_emitter(fifo_path, "--count", str(LINES_PER_WRITER), "--run-id", RUN,
-                                      "--source", f"p{k}_"), range(WRITERS)))
+            summaries = list(
+                pool.map(
+                    lambda k: run_emitter(
+                        fifo_path, "--count", str(LINES_PER_WRITER), "--run-id", RUN, "--source", f"p{k}_"
+                    ),
+                    range(WRITERS),
+                )
+            )
         wait_for_rows(dsn, RUN_PREDICATE, WRITERS * LINES_PER_WRITER, params=(RUN,))
         elapsed = time.monotonic() - started
         rate = WRITERS * LINES_PER_WRITER / elapsed
         record_property("rows_per_second", round(rate))
-        log.info("4 emitter processes: %d rows in %.2f s (%.0f rows/s, process start-up included)",
-                 WRITERS * LINES_PER_WRITER, elapsed, rate)
+        log.info(
+            "4 emitter processes: %d rows in %.2f s (%.0f rows/s, process start-up included)",
+            WRITERS * LINES_PER_WRITER,
+            elapsed,
+            rate,
+        )
 
         assert [s["lines_sent"] for s in summaries] == [LINES_PER_WRITER] * WRITERS
         assert [s["lines_dropped"] for s in summaries] == [0] * WRITERS
         assert_complete(query, dsn, RUN, {f"p{k}_0": LINES_PER_WRITER for k in range(WRITERS)})
         assert handle.stop() == 0
 
-    def test_one_emitter_with_four_writers_lands_every_line_once(self, dsn, fifo_path, collector, run_emitter,
-                                                                 query, wait_for_rows, record_property):
+    def test_one_emitter_with_four_writers_lands_every_line_once(
+        self, dsn, fifo_path, collector, run_emitter, query, wait_for_rows, record_property
+    ):
         """One emitter with --writers 4 lands exactly 4 x 2,500 rows, each (src, seq) once."""
         handle = collector(fifo_path, dsn)
-        summary = run_emitter(fifo_path, "--count", str(WRITERS * LINES_PER_WRITER), "--writers", str(WRITERS),
-                              "--run-id", RUN, "--source", "w")
+        summary = run_emitter(
+            fifo_path,
+            "--count",
+            str(WRITERS * LINES_PER_WRITER),
+            "--writers",
+            str(WRITERS),
+            "--run-id",
+            RUN,
+            "--source",
+            "w",
+        )
         wait_for_rows(dsn, RUN_PREDICATE, WRITERS * LINES_PER_WRITER, params=(RUN,))
         record_property("emitter_lines_per_second", summary["lines_per_second"])
-        log.info("--writers 4: %d lines in %.2f s (%s lines/s, blocked %.2f s, %d EAGAIN)", summary["lines_sent"],
-                 summary["elapsed_seconds"], summary["lines_per_second"], summary["blocked_seconds"],
-                 summary["eagain"])
+        log.info(
+            "--writers 4: %d lines in %.2f s (%s lines/s, blocked %.2f s, %d EAGAIN)",
+            summary["lines_sent"],
+            summary["elapsed_seconds"],
+            summary["lines_per_second"],
+            summary["blocked_seconds"],
+            summary["eagain"],
+        )
 
         assert summary["lines_sent"] == WRITERS * LINES_PER_WRITER
         assert summary["lines_dropped"] == 0
@@ -181,14 +235,27 @@ class TestReadmeQueries:
         the tracebacks in; --rate spaces the lines ~2 ms apart, so ORDER BY time has no ties among them.
         """
         handle = collector(fifo_path, dsn)
-        run_emitter(fifo_path, "--count", str(self.COUNT), "--seed", str(self.SEED), "--run-id", "readme",
-                    "--source", "r", "--size", "medium", "--rate", "500")
+        run_emitter(
+            fifo_path,
+            "--count",
+            str(self.COUNT),
+            "--seed",
+            str(self.SEED),
+            "--run-id",
+            "readme",
+            "--source",
+            "r",
+            "--size",
+            "medium",
+            "--rate",
+            "500",
+        )
         wait_for_rows(dsn, RUN_PREDICATE, self.COUNT, params=("readme",))
         assert handle.stop() == 0
         query(dsn, README_INSERT)
         factory = EventFactory(MEDIUM, seed=self.SEED, run_id="readme", source="r0")
         events = [orjson.loads(line) for line in factory.lines(self.COUNT)]
-        (distinct_times,), = query(dsn, "SELECT count(DISTINCT time) FROM logs WHERE data->'_np'->>'run' = 'readme'")
+        ((distinct_times,),) = query(dsn, "SELECT count(DISTINCT time) FROM logs WHERE data->'_np'->>'run' = 'readme'")
         assert distinct_times == self.COUNT, "two emitted events share a time stamp; ORDER BY time is ambiguous"
         return events
 
@@ -213,7 +280,7 @@ class TestReadmeQueries:
 
     def test_by_host_ip_returns_exactly_that_host(self, dsn, loaded, query):
         """WHERE host_ip = X returns exactly the rows from X: the events' most common host, the README's two hosts."""
-        (common, common_count), = Counter(e["host_ip"] for e in loaded).most_common(1)
+        ((common, common_count),) = Counter(e["host_ip"] for e in loaded).most_common(1)
         assert common_count >= 2, "the seeded events never repeat a host"
         for host, count in {common: common_count, "127.0.0.1": 2, "172.18.0.3": 0}.items():
             expected = [columns(e) for e in loaded if e["host_ip"] == host]
@@ -252,8 +319,12 @@ class TestShortLivedEmitters:
         handle = collector(fifo_path, dsn)
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-c", SEQUENTIAL_EMITTERS, str(fifo_path), RUN, "0", str(self.LINES),
-             str(self.EMITTERS)], capture_output=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+            [sys.executable, "-c", SEQUENTIAL_EMITTERS, str(fifo_path), RUN, "0", str(self.LINES), str(self.EMITTERS)],
+            capture_output=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == 0, done.stderr.decode(errors="replace")
         summaries = [orjson.loads(line) for line in done.stdout.splitlines()]
         log.info("%d sequential emitter processes in %.2f s", len(summaries), time.monotonic() - started)
@@ -269,10 +340,10 @@ class TestSigtermDrains:
 
     LINES = 20_000
 
-    @pytest.mark.parametrize("extra", [(), ("--pipe-size", "1048576", "--flush-interval", "60")],
-                             ids=["defaults", "big-pipe-no-timed-flush"])
-    def test_sigterm_right_after_the_emitter_loses_nothing(self, dsn, fifo_path, collector, run_emitter, query,
-                                                           extra):
+    @pytest.mark.parametrize(
+        "extra", [(), ("--pipe-size", "1048576", "--flush-interval", "60")], ids=["defaults", "big-pipe-no-timed-flush"]
+    )
+    def test_sigterm_right_after_the_emitter_loses_nothing(self, dsn, fifo_path, collector, run_emitter, query, extra):
         """Every line the emitter sent is in logs after SIGTERM, the exit code is 0 and the final stats are logged.
 
         With --flush-interval 60 the last partial batch can only reach the database through the stop path.
@@ -280,17 +351,22 @@ class TestSigtermDrains:
         handle = collector(fifo_path, dsn, *extra)
         summary = run_emitter(fifo_path, "--count", str(self.LINES), "--run-id", RUN, "--source", "t")
         assert handle.stop() == 0
-        log.info("SIGTERM test %s: emitter %s lines/s, blocked %.2f s", extra, summary["lines_per_second"],
-                 summary["blocked_seconds"])
+        log.info(
+            "SIGTERM test %s: emitter %s lines/s, blocked %.2f s",
+            extra,
+            summary["lines_per_second"],
+            summary["blocked_seconds"],
+        )
         assert summary["lines_sent"] == self.LINES
-        (stored,), = query(dsn, f"SELECT count(*) FROM logs WHERE {RUN_PREDICATE}", (RUN,))
-        (refused,), = query(dsn, "SELECT count(*) FROM logs_rejected")
+        ((stored,),) = query(dsn, f"SELECT count(*) FROM logs WHERE {RUN_PREDICATE}", (RUN,))
+        ((refused,),) = query(dsn, "SELECT count(*) FROM logs_rejected")
         assert (stored, refused) == (summary["lines_sent"], 0)
         assert_complete(query, dsn, RUN, {"t0": self.LINES})
         text = handle.log()
-        assert f"final lines_read={self.LINES} bytes_read={summary['bytes_sent']} rows_written={self.LINES} " \
-               "rejected=0" in text, text
-
+        assert (
+            f"final lines_read={self.LINES} bytes_read={summary['bytes_sent']} rows_written={self.LINES} "
+            "rejected=0" in text
+        ), text
 
     def test_sigterm_stops_a_collector_waiting_for_its_database(self, tmp_path, fifo_path, collector):
         """SIGTERM ends a collector that is still waiting for an unreachable database within a few seconds."""
@@ -323,14 +399,17 @@ class TestBadInput:
             (variant(time="2026-02-28T10:00:00"), "'time' must be an RFC 3339 timestamp with an offset"),
             (variant(data=[1, 2]), "'data' must be a JSON object or null, got a JSON array"),
             # data reaches jsonb as written: a number beyond numeric's range is refused by PostgreSQL itself.
-            (line.replace(b'"data":{', b'"data":{"huge":1e200000,', 1),
-             "PostgreSQL rejected the row: value overflows numeric format"),
+            (
+                line.replace(b'"data":{', b'"data":{"huge":1e200000,', 1),
+                "PostgreSQL rejected the row: value overflows numeric format",
+            ),
             # RFC 3339 allows year 0000; PostgreSQL's calendar has none, so the contract refuses it.
             (variant(time="0000-02-28T10:00:00+00:00"), "year 0000 cannot be stored"),
         ]
 
-    def test_bad_lines_are_rejected_with_bytes_and_reason(self, dsn, fifo_path, tmp_path, collector, query,
-                                                          wait_for_rows):
+    def test_bad_lines_are_rejected_with_bytes_and_reason(
+        self, dsn, fifo_path, tmp_path, collector, query, wait_for_rows
+    ):
         """Good lines land, each bad line is in logs_rejected with its bytes and reason, and later lines still land."""
         handle = collector(fifo_path, dsn, "--max-line-bytes", str(self.MAX_LINE))
         good = EventFactory(SMALL, seed=3, run_id=RUN, source="good")
@@ -354,7 +433,7 @@ class TestBadInput:
             assert raw in table, f"not in logs_rejected: {raw[:120]!r}"
             assert reason_text in table.pop(raw)
         # The over-long line keeps its first bytes, at most 64 KiB, whatever the read boundaries were.
-        (kept, reason), = table.items()
+        ((kept, reason),) = table.items()
         assert kept == too_long[:REJECTED_PREFIX_BYTES]
         assert f"line of {len(too_long)} bytes exceeds --max-line-bytes {self.MAX_LINE}" in reason
         assert per_source(query, dsn, RUN) == {"good": (good_count, good_count, 1, good_count)}
@@ -411,8 +490,9 @@ class TestSecrets:
 
     def test_password_is_not_logged_when_the_server_is_unreachable(self, tmp_path, fifo_path, collector):
         """A collector whose server is unreachable logs the failure without the password."""
-        nowhere = psycopg2.extensions.make_dsn(host=str(tmp_path / "no-server"), dbname="np", user="np",
-                                               password=self.SECRET)
+        nowhere = psycopg2.extensions.make_dsn(
+            host=str(tmp_path / "no-server"), dbname="np", user="np", password=self.SECRET
+        )
         handle = collector(fifo_path, nowhere, ready="database unreachable")
         text = handle.log()
         assert self.SECRET not in text

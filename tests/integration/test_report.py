@@ -36,9 +36,20 @@ def run(database, tmp_path_factory) -> tuple[Path, dict]:
     _on_server(database, "CREATE DATABASE {}", name)
     try:
         code, output, verdict = run_scenario(
-            "steady", psycopg2.extensions.make_dsn(database.dsn, dbname=name), report_dir,
-            "--run-time", "10s", "--pause-collector-at", "1", "--pause-collector-for", "2", "--users", "4",
-            "--spawn-rate", "4")
+            "steady",
+            psycopg2.extensions.make_dsn(database.dsn, dbname=name),
+            report_dir,
+            "--run-time",
+            "10s",
+            "--pause-collector-at",
+            "1",
+            "--pause-collector-for",
+            "2",
+            "--users",
+            "4",
+            "--spawn-rate",
+            "4",
+        )
     finally:
         _on_server(database, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
     assert "Traceback" not in output, output[-4000:]
@@ -100,8 +111,12 @@ class TestReportCommand:
         run_dir, v = run
         original = (run_dir / "report.html").read_text()
         rebuilt = tmp_path / "rebuilt.html"
-        subprocess.run([sys.executable, "-m", "loadtests.report", str(run_dir), "-o", str(rebuilt)], cwd=ROOT,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "loadtests.report", str(run_dir), "-o", str(rebuilt)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         assert rebuilt.read_text() == original
         # Nothing loaded from elsewhere: no script, style or image by URL (plotly.js is inline; links to its
         # authors inside its code are not loaded).
@@ -109,14 +124,19 @@ class TestReportCommand:
         assert "<script" in original
         assert re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page) == []
         out = tmp_path / "compare.html"
-        subprocess.run([sys.executable, "-m", "loadtests.report", "--compare", str(run_dir), str(run_dir), "-o",
-                        str(out)], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "loadtests.report", "--compare", str(run_dir), str(run_dir), "-o", str(out)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         assert out.read_text().count(v["run_id"]) >= 4
 
     def test_missing_folder_says_what_to_give(self, tmp_path):
         """A folder without verdict.json: exit 2 and one line naming the file."""
-        done = subprocess.run([sys.executable, "-m", "loadtests.report", str(tmp_path)], cwd=ROOT,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "loadtests.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+        )
         assert done.returncode == 2
         assert f"cannot read {tmp_path / 'verdict.json'}" in done.stderr
 
@@ -134,8 +154,8 @@ class TestReportInBrowser:
         with headless_chromium() as driver:
             driver.get((run_dir / "report.html").as_uri())
             WebDriverWait(driver, RENDER_TIMEOUT_S).until(
-                lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 2 * len(
-                    CHARTS))
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 2 * len(CHARTS)
+            )
             charts = {e.get_attribute("data-chart") for e in driver.find_elements(By.CSS_SELECTOR, "section.chart")}
             assert charts == CHARTS
             for key in charts:
@@ -191,8 +211,23 @@ class TestWebCharts:
 @pytest.mark.parametrize("bad", ["0", "-1"])
 def test_a_bad_timeline_interval_is_refused(bad, dsn, tmp_path):
     """A sampling interval that is not a positive number of seconds stops the run at once, saying so."""
-    proc = subprocess.run([locust_path(), "--config", "scenarios/steady.conf", "--timeline-interval", bad, "--dsn",
-                           dsn, "--report-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            locust_path(),
+            "--config",
+            "scenarios/steady.conf",
+            "--timeline-interval",
+            bad,
+            "--dsn",
+            dsn,
+            "--report-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert f"--timeline-interval {float(bad)}: give the seconds between the timeline's samples" in proc.stderr
     assert not list(tmp_path.glob("*/verdict.json"))

@@ -22,8 +22,24 @@ from loadtests.progress import PROGRESS_INTERVAL_S
 
 
 def steady(dsn: str, report_dir: Path, log_path: Path, *extra: str) -> Harness:
-    return Harness(["--config", "scenarios/steady.conf", "--run-time", "3s", "--users", "4", "--spawn-rate", "4",
-                    "--dsn", dsn, "--report-dir", str(report_dir), *extra], log_path)
+    return Harness(
+        [
+            "--config",
+            "scenarios/steady.conf",
+            "--run-time",
+            "3s",
+            "--users",
+            "4",
+            "--spawn-rate",
+            "4",
+            "--dsn",
+            dsn,
+            "--report-dir",
+            str(report_dir),
+            *extra,
+        ],
+        log_path,
+    )
 
 
 class TestStartError:
@@ -67,9 +83,12 @@ class TestDrainProgress:
         stamps = [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f") for line in lines]
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
         assert all(PROGRESS_INTERVAL_S - 0.3 <= gap <= PROGRESS_INTERVAL_S + 1.5 for gap in gaps), gaps
-        assert re.search(r"\d+ of \d+ rows landed .*rows/s, .*(bytes still in the pipe|no reader).*s left of "
-                         r"--drain-timeout", lines[0]), lines[0]
-        drain = output[output.index(lines[0]):output.index("namedpiper verdict:")]
+        assert re.search(
+            r"\d+ of \d+ rows landed .*rows/s, .*(bytes still in the pipe|no reader).*s left of "
+            r"--drain-timeout",
+            lines[0],
+        ), lines[0]
+        drain = output[output.index(lines[0]) : output.index("namedpiper verdict:")]
         assert "Aggregated" not in drain, "Locust printed its stats tables during the drain"
         assert code in (0, 1)
 
@@ -108,13 +127,27 @@ class TestReset:
         try:
             db.start()
             db._started_here = False
-            done = subprocess.run([sys.executable, "-m", "loadtests.database", "reset"], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=120, check=False)
+            done = subprocess.run(
+                [sys.executable, "-m", "loadtests.database", "reset"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             assert done.returncode == 0, done.stderr
             assert "deleted the embedded database" in done.stdout
             assert not data_dir.exists()
-            again = subprocess.run([sys.executable, "-m", "loadtests.database", "reset"], cwd=ROOT, env=env,
-                                   capture_output=True, text=True, timeout=60, check=False)
+            again = subprocess.run(
+                [sys.executable, "-m", "loadtests.database", "reset"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert again.returncode == 0
             assert "nothing to reset" in again.stdout
         finally:
@@ -126,8 +159,15 @@ class TestReset:
         folder = tmp_path / "precious"
         folder.mkdir()
         (folder / "notes.txt").write_text("keep me")
-        done = subprocess.run([sys.executable, "-m", "loadtests.database", "reset", "--data-dir", str(folder)],
-                              cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "loadtests.database", "reset", "--data-dir", str(folder)],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 2
         assert "not a PostgreSQL data folder" in done.stderr
         assert (folder / "notes.txt").read_text() == "keep me"

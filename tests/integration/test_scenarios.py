@@ -21,16 +21,30 @@ LOCUST_TIMEOUT_S = 240
 SHORT_RUN = "6s"
 
 
-def run_scenario(name: str, dsn: str, report_dir: Path, *overrides: str,
-                 data_dir: Path | None = None) -> tuple[int, str, dict]:
+def run_scenario(
+    name: str, dsn: str, report_dir: Path, *overrides: str, data_dir: Path | None = None
+) -> tuple[int, str, dict]:
     """Run `locust --config scenarios/NAME.conf` headless against dsn; return (exit code, output, verdict).
 
     With data_dir and no dsn, the harness starts an embedded server of its own there (one it can stop: the
     database-outage fault needs that).
     """
     locust = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust"
-    cmd = [locust, "--config", f"scenarios/{name}.conf", "--run-time", SHORT_RUN, "--dsn", dsn,
-           "--report-dir", str(report_dir), "--drain-timeout", "20", *master_port_args(), *overrides]
+    cmd = [
+        locust,
+        "--config",
+        f"scenarios/{name}.conf",
+        "--run-time",
+        SHORT_RUN,
+        "--dsn",
+        dsn,
+        "--report-dir",
+        str(report_dir),
+        "--drain-timeout",
+        "20",
+        *master_port_args(),
+        *overrides,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NAMEDPIPER_")}
     if data_dir is not None:
         env[DATA_DIR_ENV] = str(data_dir)
@@ -86,8 +100,9 @@ class TestScenarios:
 
     def test_backpressure_stalls_writers_and_loses_nothing(self, dsn, tmp_path):
         """backpressure: a paused collector shows as write latency, then everything lands."""
-        code, output, v = run_scenario("backpressure", dsn, tmp_path, "--run-time", "8s",
-                                       "--pause-collector-at", "2", "--pause-collector-for", "3")
+        code, output, v = run_scenario(
+            "backpressure", dsn, tmp_path, "--run-time", "8s", "--pause-collector-at", "2", "--pause-collector-for", "3"
+        )
         assert_passed(code, output, v)
         assert v["latency"]["max_ms"] >= 2500, v["latency"]
         assert v["totals"]["lost"] == 0
@@ -96,8 +111,17 @@ class TestScenarios:
 
     def test_nonblocking_drop_counts_every_drop(self, dsn, tmp_path):
         """nonblocking_drop: landed equals sent, and generated equals sent plus dropped, exactly."""
-        code, output, v = run_scenario("nonblocking_drop", dsn, tmp_path, "--run-time", "8s",
-                                       "--pause-collector-at", "2", "--pause-collector-for", "3")
+        code, output, v = run_scenario(
+            "nonblocking_drop",
+            dsn,
+            tmp_path,
+            "--run-time",
+            "8s",
+            "--pause-collector-at",
+            "2",
+            "--pause-collector-for",
+            "3",
+        )
         assert_passed(code, output, v)
         t = v["totals"]
         assert t["dropped"] > 0
@@ -112,18 +136,27 @@ class TestScenarios:
 
     def test_stop_race_lands_every_write_that_succeeded(self, dsn, tmp_path):
         """stop_race: open-write-close writers racing a SIGTERM lose no write that succeeded."""
-        code, output, v = run_scenario("stop_race", dsn, tmp_path, "--run-time", "8s",
-                                       "--restart-collector-at", "2", "--restart-gap", "2")
+        code, output, v = run_scenario(
+            "stop_race", dsn, tmp_path, "--run-time", "8s", "--restart-collector-at", "2", "--restart-gap", "2"
+        )
         assert_passed(code, output, v)
         assert any("SIGTERM" in f for f in v["faults"]), v["faults"]
         assert v["totals"]["lost"] == 0
         assert v["totals"]["landed"] == v["totals"]["sent"] > 100
 
-
     def test_statement_timeout_retries_without_a_reconnect_storm(self, dsn, tmp_path):
         """statement_timeout: a 1 ms role timeout costs a handful of sessions, and every line lands once after it."""
-        code, output, v = run_scenario("statement_timeout", dsn, tmp_path, "--run-time", "8s",
-                                       "--statement-timeout-at", "2", "--statement-timeout-for", "3")
+        code, output, v = run_scenario(
+            "statement_timeout",
+            dsn,
+            tmp_path,
+            "--run-time",
+            "8s",
+            "--statement-timeout-at",
+            "2",
+            "--statement-timeout-for",
+            "3",
+        )
         assert_passed(code, output, v)
         t = v["totals"]
         assert t["lost"] == t["duplicated"] == 0
@@ -139,8 +172,18 @@ class TestScenarios:
         # Not under pytest's basetemp: run as root, the server runs as another user (see conftest's database).
         scratch = Path(tempfile.mkdtemp(prefix="namedpiper-it-"))
         try:
-            code, output, v = run_scenario("journal_full", "", tmp_path, "--run-time", "10s", "--db-outage-at",
-                                           "2", "--db-outage-for", "4", data_dir=scratch / "pgdata")
+            code, output, v = run_scenario(
+                "journal_full",
+                "",
+                tmp_path,
+                "--run-time",
+                "10s",
+                "--db-outage-at",
+                "2",
+                "--db-outage-for",
+                "4",
+                data_dir=scratch / "pgdata",
+            )
         finally:
             EmbeddedPostgres(scratch / "pgdata").stop()  # the harness stops it; this is for a harness that died
             shutil.rmtree(scratch, ignore_errors=True)
@@ -165,8 +208,9 @@ class TestVerdictFails:
 
     def test_a_collector_that_loses_lines_fails_the_run(self, dsn, tmp_path):
         """A plugged-in collector that reads and discards the FIFO is caught: every line is lost."""
-        code, output, v = run_scenario("steady", dsn, tmp_path, "--run-time", "3s",
-                                       "--collector-cmd", "cat {fifo}", "--drain-timeout", "5")
+        code, output, v = run_scenario(
+            "steady", dsn, tmp_path, "--run-time", "3s", "--collector-cmd", "cat {fifo}", "--drain-timeout", "5"
+        )
         assert code != 0
         assert v["totals"]["lost"] > 0
         assert "FAIL: max_lost" in output
@@ -175,8 +219,7 @@ class TestVerdictFails:
 class TestDistributed:
     def test_two_processes_give_one_verdict_from_all_workers(self, dsn, tmp_path):
         """With --processes 2 both workers write, and the master judges their lines together."""
-        code, output, v = run_scenario("steady", dsn, tmp_path, "--processes", "2", "--users", "8",
-                                       "--spawn-rate", "8")
+        code, output, v = run_scenario("steady", dsn, tmp_path, "--processes", "2", "--users", "8", "--spawn-rate", "8")
         assert_passed(code, output, v)
         # Locust numbers workers as they connect, not necessarily 0 and 1: count distinct ones, never name them.
         workers = {s["source"].split("u")[0] for s in v["sources"]}
@@ -189,7 +232,12 @@ class TestDistributed:
 def test_a_bad_size_mix_is_refused_with_a_clear_message(bad, dsn, tmp_path):
     """A size mix Locust cannot build users from stops the run at once with the reason."""
     locust = shutil.which("locust", path=os.path.dirname(sys.executable)) or "locust"
-    proc = subprocess.run([locust, "--config", "scenarios/steady.conf", "--size-mix", bad, "--dsn", dsn,
-                           "--report-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [locust, "--config", "scenarios/steady.conf", "--size-mix", bad, "--dsn", dsn, "--report-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "--size-mix" in proc.stderr + proc.stdout

@@ -22,11 +22,15 @@ from reference.events import EventFactory
 from reference.fifo import ensure_fifo
 from reference.sizes import parse_size
 
-MISSING = [what for what, found in (
-    ("syslog-ng (Debian: syslog-ng-core)", shutil.which("syslog-ng", path="/usr/sbin:/usr/bin:/sbin")),
-    ("its SQL module (syslog-ng-mod-sql)", glob.glob("/usr/lib/syslog-ng/*/libafsql.so")),
-    ("libdbi's PostgreSQL driver (libdbd-pgsql)", glob.glob("/usr/lib/*/dbd/libdbdpgsql.so")),
-) if not found]
+MISSING = [
+    what
+    for what, found in (
+        ("syslog-ng (Debian: syslog-ng-core)", shutil.which("syslog-ng", path="/usr/sbin:/usr/bin:/sbin")),
+        ("its SQL module (syslog-ng-mod-sql)", glob.glob("/usr/lib/syslog-ng/*/libafsql.so")),
+        ("libdbi's PostgreSQL driver (libdbd-pgsql)", glob.glob("/usr/lib/*/dbd/libdbdpgsql.so")),
+    )
+    if not found
+]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} (.ci/run installs them)")
 # Lines written straight into the FIFO by a test: enough for several of syslog-ng's 1000-line batches.
 LINES = 5000
@@ -71,8 +75,9 @@ def syslog_ng(tmp_path):
     def start(dsn: str, **options) -> tuple[HarnessCollector, CollectorWatch]:
         fifo = tmp_path / "logs.fifo"
         ensure_fifo(fifo)
-        collector = HarnessCollector("", str(fifo), dsn, tmp_path / "collector.log", adapter=SyslogNg(),
-                                     options=SimpleNamespace(**options))
+        collector = HarnessCollector(
+            "", str(fifo), dsn, tmp_path / "collector.log", adapter=SyslogNg(), options=SimpleNamespace(**options)
+        )
         started.append(collector)
         watch = CollectorWatch(collector)
         collector.start()
@@ -100,8 +105,10 @@ class TestSyslogNgAdapter:
         report = watch.finish(dsn, "sng1", [], 0)
         assert report["exit"] == "exit status 0"
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(DISTINCT (data->'_np'->>'seq')::int), min(length(data->>'message')) "
-                        "FROM logs WHERE data->'_np'->>'run' = 'sng1'")
+            cur.execute(
+                "SELECT count(DISTINCT (data->'_np'->>'seq')::int), min(length(data->>'message')) "
+                "FROM logs WHERE data->'_np'->>'run' = 'sng1'"
+            )
             distinct, shortest = cur.fetchone()
         conn.close()
         assert distinct == LINES
@@ -134,16 +141,31 @@ class TestSyslogNgAdapter:
 
     def test_the_config_passes_syslog_ngs_own_parser_with_hostile_values(self, tmp_path):
         """Quotes and backslashes in the DSN's values give a configuration syslog-ng --syntax-only accepts."""
-        dsn = psycopg2.extensions.make_dsn(host='/tmp/a "b"\\c', user="u\\\"", password='p"\\', dbname="d b")
+        dsn = psycopg2.extensions.make_dsn(host='/tmp/a "b"\\c', user='u\\"', password='p"\\', dbname="d b")
         SyslogNg().launch(Context(str(tmp_path / "f.fifo"), dsn, tmp_path))
-        done = subprocess.run(["syslog-ng", "--syntax-only", "-f", str(tmp_path / "syslog-ng.conf")],
-                              capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(
+            ["syslog-ng", "--syntax-only", "-f", str(tmp_path / "syslog-ng.conf")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
 
 
 def run_locust(report_dir: Path, dsn: str, *args: str) -> tuple[int, str, dict | None]:
-    cmd = [locust_path(), *args, "--run-time", SHORT_RUN, "--dsn", dsn, "--report-dir", str(report_dir),
-           "--drain-timeout", "30"]
+    cmd = [
+        locust_path(),
+        *args,
+        "--run-time",
+        SHORT_RUN,
+        "--dsn",
+        dsn,
+        "--report-dir",
+        str(report_dir),
+        "--drain-timeout",
+        "30",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LOCUST_TIMEOUT_S, env=clean_env())
     return proc.returncode, proc.stdout + proc.stderr, latest_verdict(report_dir)
 
@@ -164,8 +186,9 @@ class TestScenariosWithSyslogNg:
 
     def test_hostile_input_fails_with_the_causes(self, dsn, tmp_path):
         """Bad lines are split into stored/dropped silently, and the FAIL shows syslog-ng's log."""
-        code, output, v = run_locust(tmp_path, dsn, "--config", "scenarios/hostile_input.conf", "--collector",
-                                     "syslog-ng")
+        code, output, v = run_locust(
+            tmp_path, dsn, "--config", "scenarios/hostile_input.conf", "--collector", "syslog-ng"
+        )
         assert v is not None, output[-4000:]
         assert code == 1
         assert not v["passed"]
@@ -180,8 +203,9 @@ class TestExternalCollectorFaults:
 
     def test_backpressure_is_refused(self, dsn, tmp_path):
         """backpressure pauses the collector, which the harness cannot do to one it did not start."""
-        code, output, _v = run_locust(tmp_path, dsn, "--config", "scenarios/backpressure.conf", "--collector-cmd",
-                                      "none")
+        code, output, _v = run_locust(
+            tmp_path, dsn, "--config", "scenarios/backpressure.conf", "--collector-cmd", "none"
+        )
         assert code == 2, output[-4000:]
         assert "--pause-collector-at" in output
         assert "--fault-cmd" in output

@@ -46,8 +46,10 @@ def _docker_skip_reason() -> str | None:
         return f"{ENABLE_ENV} is not 1: {HOW_TO_ENABLE}"
     if shutil.which("docker") is None:
         return f"no docker client on PATH: {HOW_TO_ENABLE}"
-    for probe, needs in ((["docker", "info"], "no Docker engine answers"),
-                         (["docker", "compose", "version"], "the docker compose plugin is missing")):
+    for probe, needs in (
+        (["docker", "info"], "no Docker engine answers"),
+        (["docker", "compose", "version"], "the docker compose plugin is missing"),
+    ):
         try:
             subprocess.run(probe, capture_output=True, text=True, timeout=DOCKER_PROBE_TIMEOUT_S, check=True)
         except subprocess.CalledProcessError as exc:
@@ -79,8 +81,11 @@ def _compose_value(text: str) -> str:
 def _database_settings() -> dict[str, str]:
     """User, database and password of the compose TimescaleDB, as docker-compose.yml sets them."""
     env = yaml.safe_load(COMPOSE_FILE.read_text())["services"][SERVICE]["environment"]
-    return {"user": env["POSTGRES_USER"], "dbname": env["POSTGRES_DB"],
-            "password": _compose_value(env["POSTGRES_PASSWORD"])}
+    return {
+        "user": env["POSTGRES_USER"],
+        "dbname": env["POSTGRES_DB"],
+        "password": _compose_value(env["POSTGRES_PASSWORD"]),
+    }
 
 
 def _accepts_connections(dsn: str) -> bool:
@@ -108,8 +113,7 @@ def timescaledb_dsn(docker_ip: str, docker_services) -> str:
     """A DSN for the compose TimescaleDB, once it accepts connections."""
     port = docker_services.port_for(SERVICE, CONTAINER_PORT)
     dsn = psycopg2.extensions.make_dsn(host=docker_ip, port=port, connect_timeout=5, **_database_settings())
-    docker_services.wait_until_responsive(check=lambda: _accepts_connections(dsn), timeout=CONNECT_TIMEOUT_S,
-                                          pause=0.5)
+    docker_services.wait_until_responsive(check=lambda: _accepts_connections(dsn), timeout=CONNECT_TIMEOUT_S, pause=0.5)
     return dsn
 
 
@@ -132,8 +136,10 @@ class TestHypertable:
             assert apply_schema(conn) is True
         finally:
             conn.close()
-        names = [name for (name,) in
-                 _query(timescaledb_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables")]
+        names = [
+            name
+            for (name,) in _query(timescaledb_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables")
+        ]
         assert "logs" in names
 
 
@@ -142,20 +148,47 @@ class TestCollectorIntoTimescaleDB:
         """The reference collector loads every line of the reference emitter into the logs hypertable, once."""
         fifo = tmp_path / "logs.fifo"
         run_id = uuid.uuid4().hex[:MAX_RUN_ID_LENGTH]
-        count_sql = ("SELECT count(*), count(DISTINCT data->'_np'->>'seq') FROM logs "
-                     "WHERE data->'_np'->>'run' = %s")
+        count_sql = "SELECT count(*), count(DISTINCT data->'_np'->>'seq') FROM logs WHERE data->'_np'->>'run' = %s"
         started = _query(timescaledb_dsn, "SELECT now()")[0][0]
         collector_log = tmp_path / "collector.log"
         with collector_log.open("wb") as log_file:
             collector = subprocess.Popen(
-                [sys.executable, "-m", "reference.collector", "--fifo", str(fifo), "--dsn", timescaledb_dsn,
-                 "--stats-interval", "1"],
-                cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "reference.collector",
+                    "--fifo",
+                    str(fifo),
+                    "--dsn",
+                    timescaledb_dsn,
+                    "--stats-interval",
+                    "1",
+                ],
+                cwd=ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         try:
             emitter = subprocess.run(
-                [sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), "--count", str(LINES),
-                 "--run-id", run_id, "--seed", "7"],
-                cwd=ROOT, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S, check=False)
+                [
+                    sys.executable,
+                    "-m",
+                    "reference.emitter",
+                    "--fifo",
+                    str(fifo),
+                    "--count",
+                    str(LINES),
+                    "--run-id",
+                    run_id,
+                    "--seed",
+                    "7",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=LOAD_TIMEOUT_S,
+                check=False,
+            )
             assert emitter.returncode == 0, emitter.stderr
             assert json.loads(emitter.stdout)["lines_sent"] == LINES
             deadline = time.monotonic() + LOAD_TIMEOUT_S
@@ -168,8 +201,10 @@ class TestCollectorIntoTimescaleDB:
                 collector.kill()
                 collector.wait()
         assert _query(timescaledb_dsn, count_sql, (run_id,))[0] == (LINES, LINES), collector_log.read_text()
-        assert _query(timescaledb_dsn, "SELECT count(*) FROM logs_rejected WHERE received_at >= %s",
-                      (started,))[0][0] == 0
-        chunks = _query(timescaledb_dsn,
-                        "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'logs'")
+        assert (
+            _query(timescaledb_dsn, "SELECT count(*) FROM logs_rejected WHERE received_at >= %s", (started,))[0][0] == 0
+        )
+        chunks = _query(
+            timescaledb_dsn, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'logs'"
+        )
         assert chunks[0][0] >= 1

@@ -30,7 +30,8 @@ def _extension_installed() -> bool:
 pytestmark = pytest.mark.skipif(
     not _extension_installed(),
     reason="TimescaleDB is not built into this venv's embedded PostgreSQL: run ../shared/timescaledb/build.sh "
-           "with its pg_config to test the hypertable path and a missing preload")
+    "with its pg_config to test the hypertable path and a missing preload",
+)
 
 
 def _sql(dsn: str, *statements: str) -> list[tuple]:
@@ -97,8 +98,9 @@ class TestPreloaded:
 class TestNotPreloaded:
     """TimescaleDB installed, not in shared_preload_libraries: a plain table with one warning, or exit 2."""
 
-    def test_a_fresh_database_gets_a_plain_table_and_one_warning(self, unpreloaded_server, collector, fifo_path,
-                                                                 run_emitter, wait_for_rows):
+    def test_a_fresh_database_gets_a_plain_table_and_one_warning(
+        self, unpreloaded_server, collector, fifo_path, run_emitter, wait_for_rows
+    ):
         """No extension in the database yet: logs is a plain table, one warning names shared_preload_libraries."""
         _, server_dsn = unpreloaded_server
         db = _new_database(server_dsn)
@@ -113,8 +115,11 @@ class TestNotPreloaded:
         """The extension is in the database but not preloaded (the server lost its setting): exit 2, named."""
         data_dir, server_dsn = unpreloaded_server
         db = _new_database(server_dsn)
-        _sql(server_dsn, "ALTER SYSTEM SET shared_preload_libraries = 'timescaledb'",
-             "ALTER SYSTEM SET timescaledb.telemetry_level = 'off'")
+        _sql(
+            server_dsn,
+            "ALTER SYSTEM SET shared_preload_libraries = 'timescaledb'",
+            "ALTER SYSTEM SET timescaledb.telemetry_level = 'off'",
+        )
         server_dsn = _restart(data_dir)
         _sql(db, "CREATE EXTENSION timescaledb")
         _sql(server_dsn, "ALTER SYSTEM RESET shared_preload_libraries")

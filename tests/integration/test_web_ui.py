@@ -25,8 +25,20 @@ class WebHarness(Harness):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.report_dir = tmp_path / "reports"
-        super().__init__(["-f", "loadtests/fifo.py", "--web-port", str(self.port), "--dsn", dsn,
-                          "--report-dir", str(self.report_dir), *extra], tmp_path / "locust.log")
+        super().__init__(
+            [
+                "-f",
+                "loadtests/fifo.py",
+                "--web-port",
+                str(self.port),
+                "--dsn",
+                dsn,
+                "--report-dir",
+                str(self.report_dir),
+                *extra,
+            ],
+            tmp_path / "locust.log",
+        )
 
     def wait_until_up(self) -> None:
         deadline = time.monotonic() + UI_TIMEOUT_S
@@ -79,8 +91,11 @@ class TestBinding:
 
     def test_binds_127_0_0_1_by_default(self, web):
         """The listening socket of the harness is on 127.0.0.1, not on every interface."""
-        ports = [c.laddr for c in psutil.Process(web.pid).net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == web.port]
+        ports = [
+            c.laddr
+            for c in psutil.Process(web.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == web.port
+        ]
         assert [addr.ip for addr in ports] == ["127.0.0.1"], ports
 
 
@@ -91,11 +106,20 @@ class TestAttack:
         """The attack of issue 9: collector_cmd=sh -c 'id > MARKER ...' is refused; no marker, no run, no folder."""
         marker = tmp_path / "pwned"
         elsewhere = tmp_path / "elsewhere"
-        status, answer = web.post("/swarm", {
-            "user_count": "1", "spawn_rate": "1", "host": "",
-            "collector_cmd": f'sh -c "id > {marker}; exec cat {{fifo}} >/dev/null"',
-            "fifo": str(tmp_path / "other.fifo"), "report_dir": str(elsewhere),
-            "dsn": "postgresql://attacker@203.0.113.1/x", "keep_runs": "0", "drain_timeout": "1"})
+        status, answer = web.post(
+            "/swarm",
+            {
+                "user_count": "1",
+                "spawn_rate": "1",
+                "host": "",
+                "collector_cmd": f'sh -c "id > {marker}; exec cat {{fifo}} >/dev/null"',
+                "fifo": str(tmp_path / "other.fifo"),
+                "report_dir": str(elsewhere),
+                "dsn": "postgresql://attacker@203.0.113.1/x",
+                "keep_runs": "0",
+                "drain_timeout": "1",
+            },
+        )
         assert status == 403
         assert answer["success"] is False
         assert "collector_cmd" in answer["message"]
@@ -124,8 +148,12 @@ class TestAttack:
 
     def test_changing_the_user_class_is_refused(self, web):
         """POST /user (Locust's user class editor) is disabled."""
-        request = urllib.request.Request(web.base + "/user", data=b'{"user_class_name": "FifoUser", "host": "x"}',
-                                         method="POST", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            web.base + "/user",
+            data=b'{"user_class_name": "FifoUser", "host": "x"}',
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=10)
         err.value.close()
@@ -174,8 +202,10 @@ def _browser() -> tuple[str, str] | None:
     return (chromium, driver) if chromium and driver else None
 
 
-@pytest.mark.skipif(_browser() is None, reason="no system chromium + chromedriver (apt-get install chromium "
-                                                "chromium-driver; .ci/run installs them)")
+@pytest.mark.skipif(
+    _browser() is None,
+    reason="no system chromium + chromedriver (apt-get install chromium chromium-driver; .ci/run installs them)",
+)
 class TestBrowser:
     """A real headless Chromium starts a run from the form, stops it and finds the verdict in the UI."""
 
@@ -206,8 +236,9 @@ class TestBrowser:
             time.sleep(3)
             stop.click()
             # The tab, opened right after the stop, fills in by itself (the page keeps polling while the run drains).
-            wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='namedpiper verdict']"))
-                       ).click()
+            wait.until(
+                ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='namedpiper verdict']"))
+            ).click()
             wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), ": PASS"))
             body = driver.find_element(By.TAG_NAME, "body").text
             verdict = web.wait_for_verdicts(1)[0]

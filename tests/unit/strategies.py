@@ -41,8 +41,17 @@ def numbers(draw: st.DrawFn) -> Number:
     integer = draw(st.sampled_from(["0", "1", "9"])) if draw(st.booleans()) else str(draw(st.integers(1, 10**40)))
     fraction = draw(st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,30}", fullmatch=True)))
     # jsonb's numeric holds exponents down to about -16,383 and up to about 131,071 digits.
-    exponent = draw(st.one_of(st.just(""), st.builds(lambda e, s, n: f"{e}{s}{n}", st.sampled_from("eE"),
-                                                      st.sampled_from(["", "+", "-"]), st.integers(0, 999))))
+    exponent = draw(
+        st.one_of(
+            st.just(""),
+            st.builds(
+                lambda e, s, n: f"{e}{s}{n}",
+                st.sampled_from("eE"),
+                st.sampled_from(["", "+", "-"]),
+                st.integers(0, 999),
+            ),
+        )
+    )
     return Number(f"{sign}{integer}{fraction}{exponent}")
 
 
@@ -51,8 +60,11 @@ json_leaves = st.one_of(st.none(), st.booleans(), numbers(), st.text(TEXT_CHARS,
 
 def json_values(max_leaves: int = 30) -> st.SearchStrategy:
     """Nested arrays and objects of leaves (objects with any keys, the empty one included)."""
-    return st.recursive(json_leaves, lambda inner: st.one_of(
-        st.lists(inner, max_size=5), st.dictionaries(keys, inner, max_size=5)), max_leaves=max_leaves)
+    return st.recursive(
+        json_leaves,
+        lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(keys, inner, max_size=5)),
+        max_leaves=max_leaves,
+    )
 
 
 @dataclass(frozen=True)
@@ -64,8 +76,9 @@ class Style:
     ascii_only: bool
 
 
-styles = st.builds(Style, st.sampled_from([",", ", ", " ,\t", ",\r "]), st.sampled_from([":", ": ", " :\t"]),
-                   st.booleans())
+styles = st.builds(
+    Style, st.sampled_from([",", ", ", " ,\t", ",\r "]), st.sampled_from([":", ": ", " :\t"]), st.booleans()
+)
 
 
 def encode(value: object, style: Style) -> str:
@@ -87,11 +100,18 @@ def stamps(draw: st.DrawFn, leap_seconds: bool = True) -> str:
     day = draw(st.integers(1, calendar.monthrange(year, month)[1]))
     second = draw(st.integers(0, 60 if leap_seconds else 59))
     fraction = draw(st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,12}", fullmatch=True)))
-    offset = draw(st.one_of(st.sampled_from("Zz"), st.builds(lambda s, h, m: f"{s}{h:02d}:{m:02d}",
-                                                            st.sampled_from("+-"), st.integers(0, 23),
-                                                            st.integers(0, 59))))
-    return (f"{year:04d}-{month:02d}-{day:02d}{draw(st.sampled_from('Tt '))}{draw(st.integers(0, 23)):02d}:"
-            f"{draw(st.integers(0, 59)):02d}:{second:02d}{fraction}{offset}")
+    offset = draw(
+        st.one_of(
+            st.sampled_from("Zz"),
+            st.builds(
+                lambda s, h, m: f"{s}{h:02d}:{m:02d}", st.sampled_from("+-"), st.integers(0, 23), st.integers(0, 59)
+            ),
+        )
+    )
+    return (
+        f"{year:04d}-{month:02d}-{day:02d}{draw(st.sampled_from('Tt '))}{draw(st.integers(0, 23)):02d}:"
+        f"{draw(st.integers(0, 59)):02d}:{second:02d}{fraction}{offset}"
+    )
 
 
 @dataclass(frozen=True)
@@ -112,8 +132,12 @@ def lines(draw: st.DrawFn, max_leaves: int = 12) -> Line:
     data = draw(st.one_of(st.none(), st.dictionaries(keys, json_values(max_leaves), max_size=5)))
     order = draw(st.permutations(COLUMNS))
     data_text = None if data is None else encode(data, style)
-    members = [encode(name, style) + style.key + (encode(fields[name], style) if name != "data" else
-                                                  ("null" if data_text is None else data_text)) for name in order]
+    members = [
+        encode(name, style)
+        + style.key
+        + (encode(fields[name], style) if name != "data" else ("null" if data_text is None else data_text))
+        for name in order
+    ]
     raw = ("{" + style.item.join(members) + "}").encode()
     return Line(raw, fields, data_text)
 

@@ -34,8 +34,14 @@ EMBEDDED_URI = "postgresql://postgres@/postgres?host=/tmp/np-sock%20dir&port=543
 
 
 def options(**kw) -> SimpleNamespace:
-    base = {"pause_collector_at": -1, "pause_collector_for": 0, "kill_collector_at": "", "restart_collector_at": -1,
-            "fault_cmd": "", "drain_quiet": None}
+    base = {
+        "pause_collector_at": -1,
+        "pause_collector_for": 0,
+        "kill_collector_at": "",
+        "restart_collector_at": -1,
+        "fault_cmd": "",
+        "drain_quiet": None,
+    }
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -69,8 +75,13 @@ class TestDatabaseTarget:
     def test_the_embedded_uri_gives_its_socket_directory(self):
         """A URI with host= in its query string (what the embedded database gives) names the socket folder."""
         t = database_target(EMBEDDED_URI, {})
-        assert t == {"host": "/tmp/np-sock dir", "port": "54329", "user": "postgres", "password": "",
-                     "database": "postgres"}
+        assert t == {
+            "host": "/tmp/np-sock dir",
+            "port": "54329",
+            "user": "postgres",
+            "password": "",
+            "database": "postgres",
+        }
 
     def test_libpq_environment_fills_the_gaps(self):
         """What the DSN leaves out comes from PG* variables, as libpq would take it."""
@@ -83,16 +94,23 @@ class TestDatabaseTarget:
             database_target("host='unterminated", {})
 
     @settings(max_examples=200)
-    @given(host=st.text(st.characters(codec="utf-8", exclude_characters="\x00,"), min_size=1),
-           port=st.integers(1, 65535), user=st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
-                                                    min_size=1),
-           password=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
-           database=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1))
+    @given(
+        host=st.text(st.characters(codec="utf-8", exclude_characters="\x00,"), min_size=1),
+        port=st.integers(1, 65535),
+        user=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
+        password=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
+        database=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
+    )
     def test_any_key_value_dsn_round_trips(self, host, port, user, password, database):
         """Every value libpq's own quoting (make_dsn) puts in a DSN comes back unchanged."""
         dsn = make_dsn(host=host, port=port, user=user, password=password, dbname=database)
-        assert database_target(dsn, {}) == {"host": host, "port": str(port), "user": user, "password": password,
-                                            "database": database}
+        assert database_target(dsn, {}) == {
+            "host": host,
+            "port": str(port),
+            "user": user,
+            "password": password,
+            "database": database,
+        }
 
 
 class TestConfig:
@@ -114,7 +132,7 @@ class TestConfig:
 
     def test_the_password_is_in_the_file_and_never_on_the_command_line(self, tmp_path):
         """launch writes syslog-ng.conf with mode 0600; argv holds only paths."""
-        dsn = "host=/tmp/s port=5432 user=loader password=s3cr\"et dbname=logs"
+        dsn = 'host=/tmp/s port=5432 user=loader password=s3cr"et dbname=logs'
         launch = SyslogNg().launch(Context(str(tmp_path / "f"), dsn, tmp_path))
         assert not any("s3cr" in a for a in launch.argv)
         assert "s3cr" not in launch.shown
@@ -180,8 +198,11 @@ class TestExternalCollectorFaults:
 
     def test_every_collector_fault_is_refused_without_a_command(self):
         """pause, kill and restart each refuse the start, naming the option and the fix."""
-        for opts in (options(pause_collector_at=6, pause_collector_for=5), options(kill_collector_at="5"),
-                     options(restart_collector_at=6)):
+        for opts in (
+            options(pause_collector_at=6, pause_collector_for=5),
+            options(kill_collector_at="5"),
+            options(restart_collector_at=6),
+        ):
             with pytest.raises(CollectorError, match="--fault-cmd") as info:
                 refuse_unperformable_faults(opts)
             assert collector_faults(opts)[0] in str(info.value)
@@ -203,11 +224,16 @@ class TestReport:
 
     def test_a_failed_run_shows_the_log_tail_and_path(self):
         """FAIL: the path and the last lines; PASS: neither."""
-        report = {"adapter": "syslog-ng", "exit": "killed by SIGSEGV", "log_path": "/r/collector.log",
-                  "log_tail": ["Error establishing SQL connection"], "at_stop": {"queued": 12},
-                  "queued_at_stop": 12, "waited_for_queue_s": 20.0,
-                  "explanation": {"stored_although_bad": 3, "dropped_silently": 5, "lost_mid_run": 7,
-                                  "lost_at_stop": 12}}
+        report = {
+            "adapter": "syslog-ng",
+            "exit": "killed by SIGSEGV",
+            "log_path": "/r/collector.log",
+            "log_tail": ["Error establishing SQL connection"],
+            "at_stop": {"queued": 12},
+            "queued_at_stop": 12,
+            "waited_for_queue_s": 20.0,
+            "explanation": {"stored_although_bad": 3, "dropped_silently": 5, "lost_mid_run": 7, "lost_at_stop": 12},
+        }
         failed = "\n".join(render_lines(report, failed=True))
         assert "killed by SIGSEGV" in failed
         assert "/r/collector.log" in failed

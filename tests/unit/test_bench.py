@@ -155,8 +155,9 @@ class TestTable:
         """The latency rows name the rate of the run."""
         assert "p99 at 5,000 lines/s" in render_table({}, [], latency_rate=5_000)
 
-    @pytest.mark.parametrize(("value", "digits", "shown"), [(1234567.8, 0, "1,234,568"), (0.8512, 2, "0.85"),
-                                                            (None, 0, "skipped")])
+    @pytest.mark.parametrize(
+        ("value", "digits", "shown"), [(1234567.8, 0, "1,234,568"), (0.8512, 2, "0.85"), (None, 0, "skipped")]
+    )
     def test_format_value(self, value, digits, shown):
         """Values get thousands separators and the row's decimals."""
         assert format_value(value, digits) == shown
@@ -240,7 +241,13 @@ class TestCommandLine:
         """By default: small lines, 200,000 of them, 10,000 for the naive run, embedded database, nothing skipped."""
         args = build_parser().parse_args([])
         assert (args.size, args.lines, args.naive_lines, args.dsn, args.skip, args.profile) == (
-            "small", 200_000, 10_000, None, [], None)
+            "small",
+            200_000,
+            10_000,
+            None,
+            [],
+            None,
+        )
 
     def test_skip_repeated_and_comma_separated(self):
         """--skip takes repeated and comma-separated part names."""
@@ -269,5 +276,13 @@ class TestProfile:
         assert 0 < len(entries) <= 3
         assert [e["own_s"] for e in entries] == sorted((e["own_s"] for e in entries), reverse=True)
         assert any("genexpr" in e["function"] or "busy" in e["function"] for e in entries)
-        assert render_profile(entries).splitlines()[0].split() == ["own", "s", "own", "%", "cum", "s", "calls",
-                                                                   "function"]
+        assert render_profile(entries).splitlines()[0].split() == [
+            "own",
+            "s",
+            "own",
+            "%",
+            "cum",
+            "s",
+            "calls",
+            "function",
+        ]

@@ -20,9 +20,14 @@ from reference.collector.stop import StopRequest
 from reference.collector.validate import parse_line
 
 GOOD = {
-    "time": "2026-11-28T05:30:00.123456+00:00", "application_name": "app", "environment_name": "prod",
-    "log_event": "login", "trace_id": "0ad94512-df55-11e8-9805-5b8e82d370a6", "file_path": "/srv/app.py",
-    "host_ip": "10.0.0.1", "data": {"user": "u"},
+    "time": "2026-11-28T05:30:00.123456+00:00",
+    "application_name": "app",
+    "environment_name": "prod",
+    "log_event": "login",
+    "trace_id": "0ad94512-df55-11e8-9805-5b8e82d370a6",
+    "file_path": "/srv/app.py",
+    "host_ip": "10.0.0.1",
+    "data": {"user": "u"},
 }
 
 
@@ -178,8 +183,14 @@ class MemorySink:
         return [r for b in self.batches for r in b.rejections]
 
 
-def run(chunks: list[bytes], *, durable: bool = False, at_seal: list[bytes] | None = None,
-        sink: MemorySink | None = None, **config: object) -> tuple[Collector, ScriptedSource, MemorySink]:
+def run(
+    chunks: list[bytes],
+    *,
+    durable: bool = False,
+    at_seal: list[bytes] | None = None,
+    sink: MemorySink | None = None,
+    **config: object,
+) -> tuple[Collector, ScriptedSource, MemorySink]:
     """Run a collector over the chunks until the source asks it to stop; return it with its source and sink."""
     stop = StopRequest()
     source = ScriptedSource(chunks, stop, durable=durable, at_seal=at_seal or [])
@@ -193,7 +204,7 @@ class TestLines:
     def test_lines_across_chunks_land_in_order(self):
         """Lines cut anywhere between reads come out whole, each once, in the order written."""
         stream = b"".join(line(k) for k in range(50))
-        chunks = [stream[i:i + 97] for i in range(0, len(stream), 97)]
+        chunks = [stream[i : i + 97] for i in range(0, len(stream), 97)]
         collector, _, sink = run(chunks)
         assert seqs(sink.rows) == list(range(50))
         assert sink.rejections == []
@@ -233,7 +244,7 @@ class TestBatchLimits:
     def test_rows_and_rejections_count_together(self):
         """Every batch holds at most --batch-rows lines, good and rejected ones counted alike."""
         stream = b"".join(line(k) if k % 2 else b"garbage %d\n" % k for k in range(40))
-        _, _, sink = run([stream[i:i + 200] for i in range(0, len(stream), 200)], batch_rows=4)
+        _, _, sink = run([stream[i : i + 200] for i in range(0, len(stream), 200)], batch_rows=4)
         assert all(len(b) <= 4 + 2 for b in sink.batches)  # a batch is cut between reads: one read may overshoot
         assert sum(len(b) for b in sink.batches) == 40
         assert seqs(sink.rows) == list(range(1, 40, 2))
@@ -270,7 +281,7 @@ class TestOffsets:
     def test_batches_cover_the_stream_without_gap(self):
         """With a journal, each batch runs from the previous batch's end to just past its last whole line."""
         stream = b"".join(line(k) for k in range(30))
-        chunks = [stream[i:i + 300] for i in range(0, len(stream), 300)]
+        chunks = [stream[i : i + 300] for i in range(0, len(stream), 300)]
         _, source, sink = run(chunks, durable=True, batch_rows=7)
         assert source.events[0] == "start_at 0"
         assert sink.batches[0].start_offset == 0
@@ -327,8 +338,9 @@ class TestStopping:
         """Without a journal, a stop that leaves lines read but not stored exits 4 and says how many."""
         sink = MemorySink(drop=True)
         stop = StopRequest()
-        collector = Collector(CollectorConfig(fifo="unused", dsn=""), ScriptedSource([line(1) + line(2)], stop),
-                              sink, stop)
+        collector = Collector(
+            CollectorConfig(fifo="unused", dsn=""), ScriptedSource([line(1) + line(2)], stop), sink, stop
+        )
         with caplog.at_level("ERROR"):
             assert collector.run() == EXIT_UNSTORED
         assert "2 lines read were not stored" in caplog.text
@@ -355,9 +367,16 @@ class TestCopyText:
         assert row is not None
         assert parse_line(row_as_event(row))[0] == row
 
-    @pytest.mark.parametrize(("text", "value"), [
-        (b"\\N", None), (b"a\\tb", b"a\tb"), (b"\\\\", b"\\"), (b"\\101\\x42", b"AB"), (b"\\n\\r", b"\n\r"),
-    ])
+    @pytest.mark.parametrize(
+        ("text", "value"),
+        [
+            (b"\\N", None),
+            (b"a\\tb", b"a\tb"),
+            (b"\\\\", b"\\"),
+            (b"\\101\\x42", b"AB"),
+            (b"\\n\\r", b"\n\r"),
+        ],
+    )
     def test_decodes_copy_escapes(self, text, value):
         """Every backslash sequence of COPY's text format decodes to the byte PostgreSQL would store."""
         assert decode_field(text) == value

@@ -41,6 +41,7 @@ class TestWebUiBinding:
     def test_the_web_ui_binds_loopback_by_default(self):
         """Locust's parser with the harness's options: --web-host defaults to 127.0.0.1, and can be set."""
         env = {k: v for k, v in os.environ.items() if k != "LOCUST_WEB_HOST"}
-        done = subprocess.run([sys.executable, "-c", WEB_HOST_SCRIPT], capture_output=True, text=True, timeout=60,
-                              check=True, env=env)
+        done = subprocess.run(
+            [sys.executable, "-c", WEB_HOST_SCRIPT], capture_output=True, text=True, timeout=60, check=True, env=env
+        )
         assert json.loads(done.stdout.strip().splitlines()[-1]) == ["127.0.0.1", "10.0.0.5"]

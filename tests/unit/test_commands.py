@@ -15,8 +15,14 @@ from reference import __version__
 from reference.collector import cli
 from reference.fifo import ensure_fifo
 
-COMMANDS = ["reference.emitter", "reference.collector", "reference.pipefacts", "loadtests", "loadtests.database",
-            "loadtests.bench"]
+COMMANDS = [
+    "reference.emitter",
+    "reference.collector",
+    "reference.pipefacts",
+    "loadtests",
+    "loadtests.database",
+    "loadtests.bench",
+]
 # The emitter starts (imports faker, builds its pool) within a few seconds even on a loaded machine.
 START_S = 20
 
@@ -27,15 +33,20 @@ class TestVersion:
 
     def test_version(self, module):
         """The version line names namedpiper and its version."""
-        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
         assert done.returncode == 0, done.stderr
         assert f"namedpiper {__version__}" in done.stdout
 
 
 def start_emitter(fifo, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reference.emitter", "--fifo", str(fifo), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def wait_for_stderr_text(proc: subprocess.Popen, text: bytes) -> bytes:

@@ -322,8 +322,7 @@ class TestWorkflow:
 
     def test_scenario_job_runs_an_existing_scenario_and_keeps_the_reports(self, workflow):
         """The scenario job runs Locust headless on a scenario that exists and uploads reports/ whatever happens."""
-        jobs = [job for job in workflow["jobs"].values()
-                if any(argv[0] == "locust" for argv in _shell_commands(job))]
+        jobs = [job for job in workflow["jobs"].values() if any(argv[0] == "locust" for argv in _shell_commands(job))]
         assert len(jobs) == 1
         job = jobs[0]
         commands = _shell_commands(job)
@@ -356,6 +355,12 @@ class TestComposeConfig:
             subprocess.run([*client, "version"], capture_output=True, timeout=COMPOSE_CONFIG_TIMEOUT_S, check=True)
         except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
             pytest.skip(f"`{' '.join(client)}` is not installed: install it to validate docker-compose.yml")
-        result = subprocess.run([*client, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=COMPOSE_CONFIG_TIMEOUT_S, check=False)
+        result = subprocess.run(
+            [*client, "-f", str(COMPOSE_FILE), "config", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=COMPOSE_CONFIG_TIMEOUT_S,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr

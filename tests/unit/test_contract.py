@@ -64,8 +64,13 @@ class TestNoLineStopsTheCollector:
             assert row is None
             assert rejections[0].reason.startswith(f"JSON nested {depth} levels deep; at most 256 are allowed")
 
-    @pytest.mark.parametrize(("field", "why"), [("application_name", "field 'application_name' must be a non-empty"),
-                                                 ("time", "JSON nested 5001 levels deep")])
+    @pytest.mark.parametrize(
+        ("field", "why"),
+        [
+            ("application_name", "field 'application_name' must be a non-empty"),
+            ("time", "JSON nested 5001 levels deep"),
+        ],
+    )
     def test_deep_nesting_in_another_field(self, field, why):
         """Deep nesting where a string belongs is rejected with a reason, never raised."""
         raw = line().replace(orjson.dumps(GOOD[field]), b"[" * 5000 + b"]" * 5000)
@@ -76,6 +81,7 @@ class TestNoLineStopsTheCollector:
 
         The fault is injected into the decoder (no real input is known to cause one; that is the point).
         """
+
         class Broken:
             def decode(self, raw: bytes) -> None:
                 raise ZeroDivisionError("injected")
@@ -95,11 +101,22 @@ class TestNoLineStopsTheCollector:
 class TestNumbersLandAsWritten:
     """data reaches jsonb as the bytes the writer sent: no number is rounded, widened or zeroed."""
 
-    @pytest.mark.parametrize("number", [
-        b"123456789012345678901234567890", b"-98765432109876543210987654321098765432",
-        b"0.1000000000000000055511151231257827", b"3.141592653589793238462643383279502884197", b"1e-400",
-        b"1E+400", b"-0", b"0.0", b"1.0", b"1e5", b"-1.5E-7",
-    ])
+    @pytest.mark.parametrize(
+        "number",
+        [
+            b"123456789012345678901234567890",
+            b"-98765432109876543210987654321098765432",
+            b"0.1000000000000000055511151231257827",
+            b"3.141592653589793238462643383279502884197",
+            b"1e-400",
+            b"1E+400",
+            b"-0",
+            b"0.0",
+            b"1.0",
+            b"1e5",
+            b"-1.5E-7",
+        ],
+    )
     def test_number_bytes_are_kept(self, number):
         """The number's text is in the COPY row unchanged (jsonb parses it exactly)."""
         data = b'{"n":' + number + b',"l":[' + number + b"]}"
@@ -131,8 +148,10 @@ class TestRepeatedKeys:
     @pytest.mark.parametrize("padding", [b" ", b"\t", b"\r\n ", b"  \t "])
     def test_spaced_repeats(self, padding):
         """Whitespace around keys, colons and values does not hide a repeat."""
-        raw = line().replace(b'"log_event":', b'"log_event"' + padding + b":" + padding + b'"x"' + padding + b","
-                             + padding + b'"log_event":')
+        raw = line().replace(
+            b'"log_event":',
+            b'"log_event"' + padding + b":" + padding + b'"x"' + padding + b"," + padding + b'"log_event":',
+        )
         assert reason(raw).startswith("key 'log_event' appears twice")
 
     def test_escaped_colons_do_not_hide_a_repeat(self):
@@ -161,26 +180,37 @@ class TestRepeatedKeys:
 class TestTimeStamps:
     """Every RFC 3339 date-time is accepted and stored as the instant it denotes; anything else names the rule."""
 
-    @pytest.mark.parametrize("when", [
-        "2026-11-28t05:30:00z", "2026-11-28T05:30:00z", "2026-11-28t05:30:00.5+01:00", "2026-11-28 05:30:00Z",
-        "2026-11-28T05:30:00-00:00", "2024-02-29T23:59:59.999999+15:59", "2026-11-28T05:30:00.1-15:59",
-    ])
+    @pytest.mark.parametrize(
+        "when",
+        [
+            "2026-11-28t05:30:00z",
+            "2026-11-28T05:30:00z",
+            "2026-11-28t05:30:00.5+01:00",
+            "2026-11-28 05:30:00Z",
+            "2026-11-28T05:30:00-00:00",
+            "2024-02-29T23:59:59.999999+15:59",
+            "2026-11-28T05:30:00.1-15:59",
+        ],
+    )
     def test_forms_stored_as_written(self, when):
         """Lowercase t and z, a space, -00:00 and offsets PostgreSQL takes are passed on as written."""
         assert accepted(line(time=when))[0] == when.encode()
 
-    @pytest.mark.parametrize(("when", "stored"), [
-        ("2016-12-31T23:59:60Z", "2017-01-01 00:00:00.000000+00:00"),
-        ("2016-12-31T23:59:60.5Z", "2017-01-01 00:00:00.500000+00:00"),
-        ("2016-12-31T23:59:60.5+01:00", "2016-12-31 23:00:00.500000+00:00"),
-        ("2026-11-28T05:30:00+20:00", "2026-11-27 09:30:00.000000+00:00"),
-        ("2026-11-28T05:30:00.123-23:59", "2026-11-29 05:29:00.123000+00:00"),
-        ("2026-11-28T05:30:00.1234565Z", "2026-11-28 05:30:00.123456+00:00"),
-        ("2026-11-28T05:30:00.9999995Z", "2026-11-28 05:30:01.000000+00:00"),
-        ("2026-11-28T05:30:00." + "1" * 200 + "Z", "2026-11-28 05:30:00.111111+00:00"),
-        ("0001-01-01T00:00:00Z", "0001-01-01 00:00:00.000000+00:00"),
-        ("9999-12-31T23:59:59.999999Z", "9999-12-31 23:59:59.999999+00:00"),
-    ])
+    @pytest.mark.parametrize(
+        ("when", "stored"),
+        [
+            ("2016-12-31T23:59:60Z", "2017-01-01 00:00:00.000000+00:00"),
+            ("2016-12-31T23:59:60.5Z", "2017-01-01 00:00:00.500000+00:00"),
+            ("2016-12-31T23:59:60.5+01:00", "2016-12-31 23:00:00.500000+00:00"),
+            ("2026-11-28T05:30:00+20:00", "2026-11-27 09:30:00.000000+00:00"),
+            ("2026-11-28T05:30:00.123-23:59", "2026-11-29 05:29:00.123000+00:00"),
+            ("2026-11-28T05:30:00.1234565Z", "2026-11-28 05:30:00.123456+00:00"),
+            ("2026-11-28T05:30:00.9999995Z", "2026-11-28 05:30:01.000000+00:00"),
+            ("2026-11-28T05:30:00." + "1" * 200 + "Z", "2026-11-28 05:30:00.111111+00:00"),
+            ("0001-01-01T00:00:00Z", "0001-01-01 00:00:00.000000+00:00"),
+            ("9999-12-31T23:59:59.999999Z", "9999-12-31 23:59:59.999999+00:00"),
+        ],
+    )
     def test_forms_stored_as_their_utc_instant(self, when, stored):
         """Leap seconds, offsets beyond +-15:59 and over 6 fraction digits are stored as the UTC instant.
 
@@ -189,30 +219,49 @@ class TestTimeStamps:
         """
         assert accepted(line(time=when))[0] == stored.encode()
 
-    @pytest.mark.parametrize(("when", "why"), [
-        ("2026-02-29T00:00:00Z", "2026-02 has no day 29"),
-        ("2026-04-31T00:00:00Z", "2026-04 has no day 31"),
-        ("2026-13-01T00:00:00Z", "month 13 is not 01-12"),
-        ("2026-11-28T24:00:00Z", "hour 24 is not 00-23"),
-        ("2026-11-28T05:60:00Z", "minute 60 is not 00-59"),
-        ("2026-11-28T05:30:61Z", "second 61 is not 00-60"),
-        ("2026-11-28T05:30:00+24:00", "offset hour 24 is not 00-23"),
-        ("2026-11-28T05:30:00+01:60", "offset minute 60 is not 00-59"),
-    ])
+    @pytest.mark.parametrize(
+        ("when", "why"),
+        [
+            ("2026-02-29T00:00:00Z", "2026-02 has no day 29"),
+            ("2026-04-31T00:00:00Z", "2026-04 has no day 31"),
+            ("2026-13-01T00:00:00Z", "month 13 is not 01-12"),
+            ("2026-11-28T24:00:00Z", "hour 24 is not 00-23"),
+            ("2026-11-28T05:60:00Z", "minute 60 is not 00-59"),
+            ("2026-11-28T05:30:61Z", "second 61 is not 00-60"),
+            ("2026-11-28T05:30:00+24:00", "offset hour 24 is not 00-23"),
+            ("2026-11-28T05:30:00+01:60", "offset minute 60 is not 00-59"),
+        ],
+    )
     def test_impossible_values_name_the_field(self, when, why):
         """A stamp of the right shape with an impossible value says which value (it used to say only "not real")."""
         assert reason(line(time=when)) == f"field 'time' {when!r} is not a real date and time: {why}"
 
-    @pytest.mark.parametrize("when", [
-        "2026-11-28T05:30:00", "2026-11-28T05:30:00+0100", "2026-11-28T05:30:00+01", "2026-11-28T05:30Z",
-        "2026-11-28", "20261128T053000Z", "2026-11-28T05:30:00.Z", "2026-11-28T05:30:00,5Z", "2026-11-28_05:30:00Z",
-        "٢٠٢٦-11-28T05:30:00Z", "2026-11-28T05:30:00 Z", " 2026-11-28T05:30:00Z", "2026-11-28T05:30:00Z ", "",
-        "10000-01-01T00:00:00Z", "2026-W48-6T05:30:00Z",
-    ])
+    @pytest.mark.parametrize(
+        "when",
+        [
+            "2026-11-28T05:30:00",
+            "2026-11-28T05:30:00+0100",
+            "2026-11-28T05:30:00+01",
+            "2026-11-28T05:30Z",
+            "2026-11-28",
+            "20261128T053000Z",
+            "2026-11-28T05:30:00.Z",
+            "2026-11-28T05:30:00,5Z",
+            "2026-11-28_05:30:00Z",
+            "٢٠٢٦-11-28T05:30:00Z",
+            "2026-11-28T05:30:00 Z",
+            " 2026-11-28T05:30:00Z",
+            "2026-11-28T05:30:00Z ",
+            "",
+            "10000-01-01T00:00:00Z",
+            "2026-W48-6T05:30:00Z",
+        ],
+    )
     def test_other_shapes_are_not_rfc_3339(self, when):
         """No offset, a basic-format offset, missing seconds, other digits or spaces: rejected showing the value."""
         assert reason(line(time=when)).startswith(
-            f"field 'time' must be an RFC 3339 timestamp with an offset, got {when!r} (write ")
+            f"field 'time' must be an RFC 3339 timestamp with an offset, got {when!r} (write "
+        )
 
     def test_year_0000_cannot_be_stored(self):
         """Year 0000 is valid RFC 3339 but PostgreSQL has no year 0: rejected saying so."""

@@ -71,15 +71,19 @@ class TestValidLinesLand:
     @given(st.integers(2, MAX_NESTING), styles)
     def test_deep_but_legal_nesting(self, depth, style):
         """data nested up to the limit lands."""
-        line = (b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
-                b'"trace_id":"t","file_path":"f","host_ip":"h","data":' + deep_data(depth).encode() + b"}")
+        line = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":' + deep_data(depth).encode() + b"}"
+        )
         assert parse_line(line)[1] == []
 
     def test_ten_thousand_keys(self):
         """A data object with 10,000 keys, the empty one among them, lands byte for byte."""
         data = "{" + ",".join(f'"k{i}":{i}' for i in range(9_999)) + ',"":0}'
-        raw = (b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
-               b'"trace_id":"t","file_path":"f","host_ip":"h","data":' + data.encode() + b"}")
+        raw = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":' + data.encode() + b"}"
+        )
         row, rejections = parse_line(raw)
         assert rejections == []
         assert fields_of(row)[7] == data.encode()
@@ -106,8 +110,13 @@ class TestMutationsAreRefused:
         assert rejections[0].reason.startswith(f"fragment of {cut} bytes glued before a valid event")
 
     @MANY
-    @given(lines(max_leaves=10), st.sampled_from(COLUMNS), st.sampled_from(["", " ", "\t", "\r\n", "  "]),
-           st.sampled_from(['"x"', "null", "1e5", "[]", '{"a":1}', '"2026-11-28T05:30:00Z"']), st.booleans())
+    @given(
+        lines(max_leaves=10),
+        st.sampled_from(COLUMNS),
+        st.sampled_from(["", " ", "\t", "\r\n", "  "]),
+        st.sampled_from(['"x"', "null", "1e5", "[]", '{"a":1}', '"2026-11-28T05:30:00Z"']),
+        st.booleans(),
+    )
     def test_repeated_key(self, line: Line, key, padding, value, before):
         """Any key again, with any padding and any value, before or after the first: refused naming the key.
 
@@ -122,13 +131,18 @@ class TestMutationsAreRefused:
     @given(st.integers(MAX_NESTING + 1, 3 * MAX_NESTING) | st.integers(1000, 20_000))
     def test_too_deep(self, depth):
         """Nesting past the limit, at any depth, is refused naming the depth."""
-        raw = (b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
-               b'"trace_id":"t","file_path":"f","host_ip":"h","data":' + deep_data(depth).encode() + b"}")
+        raw = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":' + deep_data(depth).encode() + b"}"
+        )
         assert refused(raw).startswith(f"JSON nested {depth} levels deep")
 
     @MANY
-    @given(lines(max_leaves=10), st.data(), st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf",
-                                                              b"\xf4\x90\x80\x80", b"\x00"]))
+    @given(
+        lines(max_leaves=10),
+        st.data(),
+        st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\x00"]),
+    )
     def test_bad_byte_anywhere(self, line: Line, data, bad):
         """Invalid UTF-8 or a NUL byte at any position is refused (before the line it is a fragment, see spliced)."""
         at = data.draw(st.integers(1, len(line.raw)))
@@ -170,8 +184,15 @@ class TestTimeParsers:
             return "refused", str(exc)
 
     @MANY
-    @given(stamps() | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt _][0-9]{2}:[0-9]{2}(:[0-9]{2})?([.,][0-9]{0,8})?"
-                                    r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?", fullmatch=True) | st.text(max_size=40))
+    @given(
+        stamps()
+        | st.from_regex(
+            r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt _][0-9]{2}:[0-9]{2}(:[0-9]{2})?([.,][0-9]{0,8})?"
+            r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?",
+            fullmatch=True,
+        )
+        | st.text(max_size=40)
+    )
     def test_fast_and_exact_paths_agree(self, text):
         """check_time (msgspec first) and check_time_text (the grammar alone) give the same verdict and text."""
         raw = msgspec.Raw(msgspec.json.encode(text))
@@ -197,4 +218,5 @@ def test_encode_matches_generated_style_examples():
     import json
 
     from strategies import Number, Style
+
     assert json.loads(encode({"a": [Number("1e5"), None, "é"]}, Style(", ", ": ", True))) == {"a": [1e5, None, "é"]}

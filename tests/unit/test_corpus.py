@@ -15,12 +15,42 @@ from reference.sizes import MAX_LINE_BYTES
 
 # The kinds issue 4 names, by their corpus names.
 REQUIRED_KINDS = (
-    "invalid-utf8", "nul-byte", "escaped-nul-text", "escaped-nul-data", "truncated-json", "json-array",
-    "json-number", "json-string", *(f"missing-{f}" for f in ("time", "application_name", "environment_name",
-                                                             "log_event", "trace_id", "file_path", "host_ip",
-                                                             "data")),
-    "empty-string", "wrong-type-number", "time-without-offset", "impossible-date", "year-10000", "data-list",
-    "deep-nesting", "over-limit", "crlf", "blank", "bom", "nan", "infinity", "duplicate-key", "fragment",
+    "invalid-utf8",
+    "nul-byte",
+    "escaped-nul-text",
+    "escaped-nul-data",
+    "truncated-json",
+    "json-array",
+    "json-number",
+    "json-string",
+    *(
+        f"missing-{f}"
+        for f in (
+            "time",
+            "application_name",
+            "environment_name",
+            "log_event",
+            "trace_id",
+            "file_path",
+            "host_ip",
+            "data",
+        )
+    ),
+    "empty-string",
+    "wrong-type-number",
+    "time-without-offset",
+    "impossible-date",
+    "year-10000",
+    "data-list",
+    "deep-nesting",
+    "over-limit",
+    "crlf",
+    "blank",
+    "bom",
+    "nan",
+    "infinity",
+    "duplicate-key",
+    "fragment",
     "pg-rejected-number",
 )
 
@@ -123,8 +153,18 @@ class TestCorpusThroughParseLine:
     def test_the_fragment_is_cut_off_the_next_line(self, corpus):
         """The fragment glued before a good line is rejected as a fragment; the good line's row comes out."""
         fragment = next(line for line in corpus if line.kind == "fragment")
-        good = orjson.dumps({"time": "2026-11-28T05:30:00Z", "application_name": "a", "environment_name": "e",
-                             "log_event": "l", "trace_id": "t", "file_path": "f", "host_ip": "h", "data": None})
+        good = orjson.dumps(
+            {
+                "time": "2026-11-28T05:30:00Z",
+                "application_name": "a",
+                "environment_name": "e",
+                "log_event": "l",
+                "trace_id": "t",
+                "file_path": "f",
+                "host_ip": "h",
+                "data": None,
+            }
+        )
         row, rejections = parse_line(fragment.raw + good)
         assert row == parse_line(good)[0]
         assert [(r.raw, fragment.reason in r.reason) for r in rejections] == [(fragment.raw, True)]
@@ -152,26 +192,35 @@ class TestBrokenManifest:
         with pytest.raises(CorpusError, match=r"manifest\.json: not valid JSON \(.*line 1.*\); fix the syntax"):
             load_corpus(broken(None, raw='{"kinds": [}'))
 
-    @pytest.mark.parametrize(("kinds", "message"), [
-        ([], r'non-empty list "kinds"'),
-        ([{**GOOD_ENTRY, "file": "gone.bin"}], r"kind #1 \(a\): file .*gone\.bin does not exist; add it"),
-        ([{**GOOD_ENTRY, "file": "../a.bin"}], r'"file" must be a plain file name'),
-        ([{**GOOD_ENTRY, "recipe": {"repeat": "x", "bytes": 3}}], r'exactly one of "file"'),
-        ([{k: v for k, v in GOOD_ENTRY.items() if k != "file"}], r'exactly one of "file"'),
-        ([{**GOOD_ENTRY, "reason": " "}], r'kind #1 \(a\): "reason" must be a non-empty string'),
-        ([{**GOOD_ENTRY, "description": None}], r'"description" must be a non-empty string'),
-        ([{**GOOD_ENTRY, "kind": ""}], r'kind #1: "kind" must be a non-empty string'),
-        ([GOOD_ENTRY, GOOD_ENTRY], r"kind #2 'a' appears twice; give each kind its own name"),
-        ([{**GOOD_ENTRY, "reasn": "x"}], r"unknown field\(s\) reasn; the fields are"),
-        ([{**GOOD_ENTRY, "glue": "yes"}], r'"glue" must be true or false'),
-        ([{"kind": "r", "recipe": {"repeat": "", "bytes": 3}, "description": "d", "reason": "r"}],
-         r'"recipe" needs a non-empty "repeat"'),
-        ([{"kind": "r", "recipe": {"bytes": 3}, "description": "d", "reason": "r"}],
-         r'"recipe" must be \{"repeat": TEXT, "bytes": N\}'),
-        ([{"kind": "r", "recipe": {"repeat": "x\n", "bytes": 3}, "description": "d", "reason": "r"}],
-         r"holds a newline at byte 1; store one line without its newline"),
-        (["a"], r"kind #1: expected an object"),
-    ])
+    @pytest.mark.parametrize(
+        ("kinds", "message"),
+        [
+            ([], r'non-empty list "kinds"'),
+            ([{**GOOD_ENTRY, "file": "gone.bin"}], r"kind #1 \(a\): file .*gone\.bin does not exist; add it"),
+            ([{**GOOD_ENTRY, "file": "../a.bin"}], r'"file" must be a plain file name'),
+            ([{**GOOD_ENTRY, "recipe": {"repeat": "x", "bytes": 3}}], r'exactly one of "file"'),
+            ([{k: v for k, v in GOOD_ENTRY.items() if k != "file"}], r'exactly one of "file"'),
+            ([{**GOOD_ENTRY, "reason": " "}], r'kind #1 \(a\): "reason" must be a non-empty string'),
+            ([{**GOOD_ENTRY, "description": None}], r'"description" must be a non-empty string'),
+            ([{**GOOD_ENTRY, "kind": ""}], r'kind #1: "kind" must be a non-empty string'),
+            ([GOOD_ENTRY, GOOD_ENTRY], r"kind #2 'a' appears twice; give each kind its own name"),
+            ([{**GOOD_ENTRY, "reasn": "x"}], r"unknown field\(s\) reasn; the fields are"),
+            ([{**GOOD_ENTRY, "glue": "yes"}], r'"glue" must be true or false'),
+            (
+                [{"kind": "r", "recipe": {"repeat": "", "bytes": 3}, "description": "d", "reason": "r"}],
+                r'"recipe" needs a non-empty "repeat"',
+            ),
+            (
+                [{"kind": "r", "recipe": {"bytes": 3}, "description": "d", "reason": "r"}],
+                r'"recipe" must be \{"repeat": TEXT, "bytes": N\}',
+            ),
+            (
+                [{"kind": "r", "recipe": {"repeat": "x\n", "bytes": 3}, "description": "d", "reason": "r"}],
+                r"holds a newline at byte 1; store one line without its newline",
+            ),
+            (["a"], r"kind #1: expected an object"),
+        ],
+    )
     def test_a_broken_entry_is_named_with_what_to_fix(self, broken, kinds, message):
         """Each way an entry can be wrong gives the manifest's path, the entry and how to fix it."""
         folder = broken(kinds)

@@ -34,8 +34,15 @@ class TestRedactUri:
         assert parse_dsn(shown)["password"] == MASK
         assert parse_dsn(shown)["host"] == "ss@db"
 
-    @pytest.mark.parametrize("dsn", ["postgresql://app:one@db/logs?PASSWORD=two", "host=db password",
-                                     "postgresql://app:s3cret@db/logs?no_such_option=1", "PASSWORD=x y"])
+    @pytest.mark.parametrize(
+        "dsn",
+        [
+            "postgresql://app:one@db/logs?PASSWORD=two",
+            "host=db password",
+            "postgresql://app:s3cret@db/logs?no_such_option=1",
+            "PASSWORD=x y",
+        ],
+    )
     def test_unparsable_not_shown(self, dsn):
         """A DSN libpq cannot parse that could hold a password (a URI, the word password) is not shown at all."""
         assert redact(dsn) == UNPARSABLE
@@ -110,7 +117,8 @@ class TestScrub:
         """A message that repeats the whole DSN shows it without the password."""
         dsn = "host=db password=s3cret user=app"
         assert scrub(f"invalid connection option in {dsn!r}", dsn) == (
-            "invalid connection option in 'host=db password=*** user=app'")
+            "invalid connection option in 'host=db password=*** user=app'"
+        )
 
     @pytest.mark.parametrize("dsn", ["host=db user=app", "postgresql://app@db/logs"])
     def test_without_password_unchanged(self, dsn):

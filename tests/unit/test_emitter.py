@@ -97,7 +97,9 @@ class Harness:
         """Start `python -m reference.emitter --fifo FIFO ARGS` in its own process group."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "reference.emitter", "--fifo", self.fifo, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -173,7 +175,10 @@ class TestDelivery:
         assert summary["bytes_sent"] == len(reader.data)
         assert summary["writers"] == 3
         assert [(s["source"], s["last_seq"], s["lines_sent"]) for s in summary["sources"]] == [
-            ("w0", 167, 167), ("w1", 167, 167), ("w2", 166, 166)]
+            ("w0", 167, 167),
+            ("w1", 167, 167),
+            ("w2", 166, 166),
+        ]
 
     def test_large_lines_arrive_whole(self, harness):
         """Lines larger than PIPE_BUF from one writer arrive whole and in order."""
@@ -218,8 +223,12 @@ class TestRefusals:
         """The emitter refuses a regular file with exit status 2 and says what to do."""
         path = tmp_path / "not-a-fifo.log"
         path.write_bytes(b"keep me\n")
-        proc = subprocess.Popen([sys.executable, "-m", "reference.emitter", "--fifo", str(path), "--count", "5"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reference.emitter", "--fifo", str(path), "--count", "5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         harness.procs.append(proc)
         out, err = proc.communicate(timeout=TIMEOUT_S)
         assert proc.returncode == 2

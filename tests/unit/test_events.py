@@ -25,8 +25,16 @@ from reference.sizes import (
     parse_size,
 )
 
-CONTRACT_FIELDS = {"time", "application_name", "environment_name", "log_event", "trace_id", "file_path",
-                   "host_ip", "data"}
+CONTRACT_FIELDS = {
+    "time",
+    "application_name",
+    "environment_name",
+    "log_event",
+    "trace_id",
+    "file_path",
+    "host_ip",
+    "data",
+}
 TEXT_FIELDS = ("application_name", "environment_name", "log_event", "trace_id", "file_path", "host_ip")
 RFC3339_WITH_OFFSET = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -36,8 +44,7 @@ RUN = "run1"
 SOURCE = "w0"
 
 
-def factory(size: str | SizeRange = "small", *, seed: int = 0, run_id: str = RUN, source: str = SOURCE
-            ) -> EventFactory:
+def factory(size: str | SizeRange = "small", *, seed: int = 0, run_id: str = RUN, source: str = SOURCE) -> EventFactory:
     """A factory for the size class or range, seed, run and source."""
     if isinstance(size, str):
         size = parse_size(size)
@@ -69,17 +76,29 @@ class TestSizes:
         assert SIZE_CLASSES["small"].low == MIN_LINE_BYTES
         assert (SIZE_CLASSES["pipe_buf"].low, SIZE_CLASSES["pipe_buf"].high) == (PIPE_BUF, PIPE_BUF)
         assert (SIZE_CLASSES["over_pipe_buf"].low, SIZE_CLASSES["over_pipe_buf"].high) == (
-            PIPE_BUF + 1, DEFAULT_PIPE_CAPACITY)
+            PIPE_BUF + 1,
+            DEFAULT_PIPE_CAPACITY,
+        )
         assert (SIZE_CLASSES["over_capacity"].low, SIZE_CLASSES["over_capacity"].high) == (
-            DEFAULT_PIPE_CAPACITY + 1, MAX_LINE_BYTES)
+            DEFAULT_PIPE_CAPACITY + 1,
+            MAX_LINE_BYTES,
+        )
 
     def test_pipe_buf_lines_are_exactly_pipe_buf(self):
         """A pipe_buf line is exactly 4096 bytes."""
         lengths = {len(line) for line in factory("pipe_buf").lines(3000)}
         assert lengths == {4096}
 
-    @pytest.mark.parametrize("text", ["500-900", "777-777", f"{MIN_LINE_BYTES}-{MIN_LINE_BYTES}",
-                                      f"{MIN_LINE_BYTES}-{MIN_LINE_BYTES + 1}", "2000-3000"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "500-900",
+            "777-777",
+            f"{MIN_LINE_BYTES}-{MIN_LINE_BYTES}",
+            f"{MIN_LINE_BYTES}-{MIN_LINE_BYTES + 1}",
+            "2000-3000",
+        ],
+    )
     def test_explicit_range(self, text):
         """An explicit MIN-MAX range bounds every line."""
         size = parse_size(text)
@@ -90,8 +109,12 @@ class TestSizes:
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_minimum_fits_the_longest_ids(self, seed):
         """A MIN_LINE_BYTES line fits a run id and a source of the maximum length and a 12-digit seq."""
-        f = factory(f"{MIN_LINE_BYTES}-{MIN_LINE_BYTES}", seed=seed, run_id="r" * MAX_RUN_ID_LENGTH,
-                    source="s" * MAX_SOURCE_LENGTH)
+        f = factory(
+            f"{MIN_LINE_BYTES}-{MIN_LINE_BYTES}",
+            seed=seed,
+            run_id="r" * MAX_RUN_ID_LENGTH,
+            source="s" * MAX_SOURCE_LENGTH,
+        )
         f.seq = 10**12 - 3
         lines = f.lines(500)
         assert {len(line) for line in lines} == {MIN_LINE_BYTES}

@@ -86,7 +86,6 @@ class TestFifoClientUnderGevent:
         assert r["requests"] == r["sent"] + r["dropped"]
 
 
-
 RECHECK_SCRIPT = textwrap.dedent("""
     import json, os, sys, tempfile
     from locust.env import Environment
@@ -108,8 +107,9 @@ class TestFifoClientRecheck:
 
     def test_a_regular_file_at_the_path_is_refused(self):
         """A FIFO replaced by a regular file: the write fails as a request and nothing lands in the file."""
-        done = subprocess.run([sys.executable, "-c", RECHECK_SCRIPT], capture_output=True, text=True, timeout=60,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", RECHECK_SCRIPT], capture_output=True, text=True, timeout=60, check=True
+        )
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["delivered"] is False
         assert result["size"] == 0

@@ -34,7 +34,7 @@ class TestJournal:
         j = Journal(tmp_path)
         data = bytes(range(256)) * 3
         for k in range(0, len(data), 60):
-            j.append(data[k:k + 60])
+            j.append(data[k : k + 60])
         out, offset = b"", 0
         while offset < j.end:
             piece = j.read(offset, 1000)

@@ -13,10 +13,14 @@ from reference.collector.journal import Journal
 
 MIN = journal_module.MIN_SEGMENT_BYTES
 
-steps = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.integers(min_value=1, max_value=3 * MIN)),
-    st.tuples(st.just("commit"), st.floats(min_value=0.0, max_value=1.0)),
-), min_size=1, max_size=25)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(min_value=1, max_value=3 * MIN)),
+        st.tuples(st.just("commit"), st.floats(min_value=0.0, max_value=1.0)),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 class TestJournalAccounting:
@@ -46,7 +50,7 @@ class TestJournalAccounting:
                     offset = committed
                     while offset < j.end:
                         piece = j.read(offset, 1 << 20)
-                        assert piece == bytes(written[offset:offset + len(piece)])
+                        assert piece == bytes(written[offset : offset + len(piece)])
                         offset += len(piece)
                 j.trim(j.end)  # everything loaded: the journal must take bytes again, however full it was
                 assert j.room() > 0

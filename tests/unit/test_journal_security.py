@@ -145,11 +145,11 @@ class TestJournalLimit:
         assert j.append(b"z" * (2 * journal_module.MIN_SEGMENT_BYTES)) == journal_module.MIN_SEGMENT_BYTES
         assert j.room() == 0
         j.trim(j.end)
-        assert (j.disk_bytes, j.start, j.end) == (0, journal_module.MIN_SEGMENT_BYTES,
-                                                  journal_module.MIN_SEGMENT_BYTES)
+        assert (j.disk_bytes, j.start, j.end) == (0, journal_module.MIN_SEGMENT_BYTES, journal_module.MIN_SEGMENT_BYTES)
         assert j.room() == journal_module.MIN_SEGMENT_BYTES
         assert sorted(p.name for p in (tmp_path / "j").glob("segment-*")) == [
-            f"segment-{journal_module.MIN_SEGMENT_BYTES:020d}.log"]
+            f"segment-{journal_module.MIN_SEGMENT_BYTES:020d}.log"
+        ]
         j.close()
 
 

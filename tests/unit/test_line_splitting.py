@@ -59,7 +59,7 @@ class TestWholeLines:
     def test_line_over_many_chunks(self):
         """A line spread over several chunks comes out once, whole."""
         splitter = LineSplitter(LIMIT)
-        for piece in (b"{\"a\":", b"1,", b"\"b\":", b"2}"):
+        for piece in (b'{"a":', b"1,", b'"b":', b"2}"):
             assert splitter.feed(piece) == ([], [])
         assert splitter.pending == len(b'{"a":1,"b":2}')
         assert splitter.feed(b"\n") == ([b'{"a":1,"b":2}'], [])
@@ -67,7 +67,7 @@ class TestWholeLines:
     def test_byte_at_a_time(self):
         """Feeding one byte at a time gives the same lines as one big chunk."""
         data = b"".join(b"line %d %s\n" % (n, b"y" * (n % 37)) for n in range(300))
-        lines, oversized = feed_all(LineSplitter(LIMIT), [data[k:k + 1] for k in range(len(data))])
+        lines, oversized = feed_all(LineSplitter(LIMIT), [data[k : k + 1] for k in range(len(data))])
         assert lines == data.split(b"\n")[:-1]
         assert oversized == []
 
@@ -149,7 +149,7 @@ class TestOversized:
     def test_oversized_byte_at_a_time(self):
         """An over-long line fed byte by byte is still one Oversized, followed by intact lines."""
         data = b"ok1\n" + b"c" * (LIMIT + 50) + b"\nok2\n"
-        lines, oversized = feed_all(LineSplitter(LIMIT), [data[k:k + 1] for k in range(len(data))])
+        lines, oversized = feed_all(LineSplitter(LIMIT), [data[k : k + 1] for k in range(len(data))])
         assert lines == [b"ok1", b"ok2"]
         assert [(o.length, o.complete) for o in oversized] == [(LIMIT + 50, True)]
         assert oversized[0].prefix == b"c" * (LIMIT + 50)
@@ -172,8 +172,10 @@ class TestOversized:
         assert len(splitter._tail) == 0
 
 
-GOOD_LINE = (b'{"time":"2026-11-28T05:30:00Z","application_name":"A","environment_name":"e","log_event":"l",'
-             b'"trace_id":"t","file_path":"/f","host_ip":"10.0.0.1","data":{"k":{"n":1}}}')
+GOOD_LINE = (
+    b'{"time":"2026-11-28T05:30:00Z","application_name":"A","environment_name":"e","log_event":"l",'
+    b'"trace_id":"t","file_path":"/f","host_ip":"10.0.0.1","data":{"k":{"n":1}}}'
+)
 
 
 class TestLineGluedBehindAnOversizedOne:

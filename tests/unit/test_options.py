@@ -25,8 +25,9 @@ print(json.dumps({"ui": sorted(p.args_included_in_web_ui), "harness": sorted(HAR
 
 
 def parser_facts(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PARSER_FACTS, *args], capture_output=True, text=True, timeout=60,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PARSER_FACTS, *args], capture_output=True, text=True, timeout=60, check=True
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 

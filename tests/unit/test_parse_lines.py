@@ -33,8 +33,11 @@ def at_once(raws: list[bytes]) -> tuple[list[bytes], list[tuple[str, bytes]]]:
 def canonical_lines(draw: st.DrawFn) -> bytes:
     """A valid line as the emitter writes it: the contract's key order, no spaces, UTF-8 unescaped."""
     event = {name: draw(texts) for name in COLUMNS[1:7]}
-    event = {"time": draw(stamps()), **event,
-             "data": draw(st.one_of(st.none(), st.dictionaries(keys, json_values(8), max_size=4)))}
+    event = {
+        "time": draw(stamps()),
+        **event,
+        "data": draw(st.one_of(st.none(), st.dictionaries(keys, json_values(8), max_size=4))),
+    }
     return encode(event, Style(",", ":", ascii_only=False)).encode()
 
 
@@ -44,9 +47,9 @@ def mutated(draw: st.DrawFn, line: bytes) -> bytes:
     spot = draw(st.integers(0, len(line) - 1))
     how = draw(st.sampled_from(["change", "remove", "insert", "cut", "repeat"]))
     if how == "change":
-        return line[:spot] + bytes([draw(st.integers(0, 255))]) + line[spot + 1:]
+        return line[:spot] + bytes([draw(st.integers(0, 255))]) + line[spot + 1 :]
     if how == "remove":
-        return line[:spot] + line[spot + 1:]
+        return line[:spot] + line[spot + 1 :]
     if how == "insert":
         return line[:spot] + draw(st.sampled_from([b" ", b"\\", b'"', b",", b"}", b"\r", b"\xff", b"\t"])) + line[spot:]
     if how == "cut":
@@ -84,26 +87,36 @@ class TestSameAsLineByLine:
 
     def test_lines_glued_across_the_joints(self):
         """Two events on one line and an event cut in two lines are not read as the two events they join into."""
-        first = (b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
-                 b'"trace_id":"t","file_path":"f","host_ip":"h","data":{"x":1}}')
+        first = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":{"x":1}}'
+        )
         raws = [first + b"," + first[:-9], first[-8:]]
         assert at_once(raws) == one_by_one(raws)
         assert at_once(raws)[0] == []
 
     def test_data_that_is_not_an_object(self):
         """data as an array, a string or a number is refused in a read of good lines, null lands as \\N."""
-        base = (b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
-                b'"trace_id":"t","file_path":"f","host_ip":"h","data":')
+        base = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":'
+        )
         raws = [base + b"{}}", base + b"null}", base + b"null}", base + b"[1]}", base + b'"x"}', base + b"1}"]
         assert at_once(raws) == one_by_one(raws)
         assert at_once(raws[:3])[0][1].endswith(b"\t\\N\n")
 
     def test_dates_that_do_not_exist(self):
         """April 31 and a leap second in a read of good lines take the exact path."""
-        base = (b'","application_name":"a","environment_name":"e","log_event":"l",'
-                b'"trace_id":"t","file_path":"f","host_ip":"h","data":{}}')
-        raws = [b'{"time":"2026-04-30T05:30:00Z' + base, b'{"time":"2026-04-31T05:30:00Z' + base,
-                b'{"time":"2016-12-31T23:59:60Z' + base, b'{"time":"0001-01-01T00:00:00+01:00' + base]
+        base = (
+            b'","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":{}}'
+        )
+        raws = [
+            b'{"time":"2026-04-30T05:30:00Z' + base,
+            b'{"time":"2026-04-31T05:30:00Z' + base,
+            b'{"time":"2016-12-31T23:59:60Z' + base,
+            b'{"time":"0001-01-01T00:00:00+01:00' + base,
+        ]
         assert at_once(raws) == one_by_one(raws)
 
     def test_empty_read(self):

@@ -232,10 +232,21 @@ class TestCommandLine:
         assert set(document) == {"kernel", "machine", "corrections", "facts"}
         facts = {key: fact["value"] for key, fact in document["facts"].items()}
         assert set(facts) == {
-            "capacity", "pipe_max_size", "raised_capacity", "pipe_buf", "full_pipe_nonblocking",
-            "full_pipe_blocking", "large_write", "partial_write", "torn_lines_4096", "torn_lines_70000",
-            "open_without_reader", "write_without_reader", "data_kept_for_next_reader",
-            "eof_when_writers_close", "rdwr_open",
+            "capacity",
+            "pipe_max_size",
+            "raised_capacity",
+            "pipe_buf",
+            "full_pipe_nonblocking",
+            "full_pipe_blocking",
+            "large_write",
+            "partial_write",
+            "torn_lines_4096",
+            "torn_lines_70000",
+            "open_without_reader",
+            "write_without_reader",
+            "data_kept_for_next_reader",
+            "eof_when_writers_close",
+            "rdwr_open",
         }
         assert all(set(fact) == {"label", "value", "shows"} for fact in document["facts"].values())
         assert (facts["capacity"], facts["pipe_buf"]) == (65_536, 4096)

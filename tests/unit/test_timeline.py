@@ -134,9 +134,19 @@ class TestSampler:
         writers.workers["w1"] = {"sent": 0.0, "dropped": 0.0, "blocked_s": 0.0}
         marks: list = []
         started = time.monotonic()
-        sampler = Sampler(Probes(fifo=str(tmp_path / "none"), writers=writers, response_times=dict,
-                                 collector_pid=lambda: os.getpid(), metrics_url=None, journal=tmp_path,
-                                 marks=marks), started, interval=0.04)
+        sampler = Sampler(
+            Probes(
+                fifo=str(tmp_path / "none"),
+                writers=writers,
+                response_times=dict,
+                collector_pid=lambda: os.getpid(),
+                metrics_url=None,
+                journal=tmp_path,
+                marks=marks,
+            ),
+            started,
+            interval=0.04,
+        )
         first = sampler.sample()
         writers.workers["w1"] = {"sent": 500.0, "dropped": 3.0, "blocked_s": 0.25}
         marks.append((time.monotonic(), "start", "database outage"))
@@ -162,9 +172,19 @@ class TestSampler:
 
     def test_verification_counts_close_the_timeline(self, tmp_path):
         """stop(landed, rejected) puts the verified counts into the last sample."""
-        sampler = Sampler(Probes(fifo=str(tmp_path / "none"), writers=WriterTotals(), response_times=dict,
-                                 collector_pid=lambda: None, metrics_url=None, journal=None, marks=[]),
-                          time.monotonic(), interval=0.05)
+        sampler = Sampler(
+            Probes(
+                fifo=str(tmp_path / "none"),
+                writers=WriterTotals(),
+                response_times=dict,
+                collector_pid=lambda: None,
+                metrics_url=None,
+                journal=None,
+                marks=[],
+            ),
+            time.monotonic(),
+            interval=0.05,
+        )
         sampler.start()
         gevent.sleep(0.2)
         samples = sampler.stop(landed=42, rejected=1)
@@ -189,13 +209,29 @@ class TestCsv:
 
 def verdict_with_outage(run_id: str = "r1") -> dict:
     """A verdict dict with a short timeline and a database outage span."""
-    timeline = [dict.fromkeys(COLUMNS) | {"t_s": float(t), "phase": "load" if t < 5 else "drain",
-                                               "written_per_s": 100.0, "landed_per_s": 0.0 if 2 <= t <= 3 else 100.0,
-                                               "pipe_bytes": 1024, "pipe_capacity": 65536, "marks": []}
-                for t in range(8)]
-    return {"run_id": run_id, "scenario": "db_outage", "status": "PASS", "timeline": timeline,
-            "fault_spans": [{"fault": "database outage", "start_s": 2.0, "end_s": 3.5}],
-            "sources": [{"source": "p0u0", "generated": 10, "sent": 10}], "failures": [], "expectations": []}
+    timeline = [
+        dict.fromkeys(COLUMNS)
+        | {
+            "t_s": float(t),
+            "phase": "load" if t < 5 else "drain",
+            "written_per_s": 100.0,
+            "landed_per_s": 0.0 if 2 <= t <= 3 else 100.0,
+            "pipe_bytes": 1024,
+            "pipe_capacity": 65536,
+            "marks": [],
+        }
+        for t in range(8)
+    ]
+    return {
+        "run_id": run_id,
+        "scenario": "db_outage",
+        "status": "PASS",
+        "timeline": timeline,
+        "fault_spans": [{"fault": "database outage", "start_s": 2.0, "end_s": 3.5}],
+        "sources": [{"source": "p0u0", "generated": 10, "sent": 10}],
+        "failures": [],
+        "expectations": [],
+    }
 
 
 class TestReport:
@@ -246,8 +282,9 @@ class TestReportCommand:
         assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js is in it
         assert capsys.readouterr().out.strip() == str(tmp_path / "report.html")
 
-    @pytest.mark.parametrize(("content", "message"), [
-        (None, "cannot read"), ("{", "is not JSON"), ("[]", "is not a namedpiper verdict")])
+    @pytest.mark.parametrize(
+        ("content", "message"), [(None, "cannot read"), ("{", "is not JSON"), ("[]", "is not a namedpiper verdict")]
+    )
     def test_bad_folder(self, tmp_path, content, message):
         """Missing, broken or foreign verdict.json: a ValueError naming the file."""
         if content is not None:
@@ -285,9 +322,19 @@ class TestFinalSample:
 
     def test_no_rate_for_the_verified_total(self, tmp_path):
         """Rows no scrape saw (a killed collector's last commits) do not show as a spike at the end."""
-        sampler = Sampler(Probes(fifo=str(tmp_path / "none"), writers=WriterTotals(), response_times=dict,
-                                 collector_pid=lambda: None, metrics_url=None, journal=None, marks=[]),
-                          time.monotonic(), interval=0.05)
+        sampler = Sampler(
+            Probes(
+                fifo=str(tmp_path / "none"),
+                writers=WriterTotals(),
+                response_times=dict,
+                collector_pid=lambda: None,
+                metrics_url=None,
+                journal=None,
+                marks=[],
+            ),
+            time.monotonic(),
+            interval=0.05,
+        )
         sampler.start()
         gevent.sleep(0.12)
         last = sampler.stop(landed=1_000_000, rejected=0)[-1]

@@ -119,8 +119,15 @@ class TestRows:
         e = event(application_name="Zahlungsdienst-Ü", host_ip="10.0.0.1")
         assert decode_row(parse_event(encode(e)))[1] == "Zahlungsdienst-Ü"
 
-    @pytest.mark.parametrize("when", ["2026-11-28T05:30:00Z", "2026-11-28T05:30:00-07:00",
-                                      "2026-11-28 05:30:00.5+05:30", "2024-02-29T23:59:59+00:00"])
+    @pytest.mark.parametrize(
+        "when",
+        [
+            "2026-11-28T05:30:00Z",
+            "2026-11-28T05:30:00-07:00",
+            "2026-11-28 05:30:00.5+05:30",
+            "2024-02-29T23:59:59+00:00",
+        ],
+    )
     def test_time_forms(self, when):
         """RFC 3339 time stamps with Z, a negative or a half-hour offset, or a space separator are accepted."""
         assert decode_row(parse_event(encode(event(time=when))))[0] == when
@@ -150,8 +157,9 @@ class TestRejections:
         reason = rejected(encode(event(**{field: "a\x00b"})))
         assert reason == f"field {field!r} contains \\u0000; PostgreSQL text cannot store it"
 
-    @pytest.mark.parametrize("data", [{"msg": "a\x00b"}, {"k\x00": 1}, {"deep": [{"x": "\x00"}]},
-                                      {"msg": "C:\\\x00"}, {"msg": "\\\\\x00"}])
+    @pytest.mark.parametrize(
+        "data", [{"msg": "a\x00b"}, {"k\x00": 1}, {"deep": [{"x": "\x00"}]}, {"msg": "C:\\\x00"}, {"msg": "\\\\\x00"}]
+    )
     def test_escaped_nul_in_data(self, data):
         """A \\u0000 escape anywhere in data is rejected naming data."""
         assert rejected(encode(event(data=data))) == "field 'data' contains \\u0000; PostgreSQL jsonb cannot store it"
@@ -165,8 +173,10 @@ class TestRejections:
         """An empty or whitespace-only line is rejected as blank."""
         assert rejected(raw) == "blank line"
 
-    @pytest.mark.parametrize(("raw", "kind"), [(b"[1, 2]", "array"), (b"42", "number"), (b'"text"', "string"),
-                                               (b"null", "null"), (b"true", "boolean")])
+    @pytest.mark.parametrize(
+        ("raw", "kind"),
+        [(b"[1, 2]", "array"), (b"42", "number"), (b'"text"', "string"), (b"null", "null"), (b"true", "boolean")],
+    )
     def test_not_an_object(self, raw, kind):
         """A JSON value other than an object is rejected naming what it is."""
         assert rejected(raw) == f"expected a JSON object, got a JSON {kind}"
@@ -200,15 +210,31 @@ class TestRejections:
         e["hostip"] = "10.0.0.1"
         assert rejected(encode(e)).startswith("unknown field 'hostip'")
 
-    @pytest.mark.parametrize("when", ["2026-11-28T05:30:00", "2026-11-28T05:30:00.123", "2026-11-28",
-                                      "28/11/2026 05:30:00+00:00", "2026-11-28T05:30:00+0000"])
+    @pytest.mark.parametrize(
+        "when",
+        [
+            "2026-11-28T05:30:00",
+            "2026-11-28T05:30:00.123",
+            "2026-11-28",
+            "28/11/2026 05:30:00+00:00",
+            "2026-11-28T05:30:00+0000",
+        ],
+    )
     def test_time_without_offset(self, when):
         """A time stamp that is not RFC 3339 with an offset is rejected showing the value."""
         reason = rejected(encode(event(time=when)))
         assert reason.startswith(f"field 'time' must be an RFC 3339 timestamp with an offset, got {when!r} (write ")
 
-    @pytest.mark.parametrize("when", ["2026-02-30T00:00:00+00:00", "2025-02-29T00:00:00Z",
-                                      "2026-13-01T00:00:00Z", "2026-11-28T24:00:00Z", "2026-11-28T05:61:00Z"])
+    @pytest.mark.parametrize(
+        "when",
+        [
+            "2026-02-30T00:00:00+00:00",
+            "2025-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T05:61:00Z",
+        ],
+    )
     def test_impossible_date(self, when):
         """A well-formed but impossible date or time is rejected as not real."""
         assert rejected(encode(event(time=when))).startswith(f"field 'time' {when!r} is not a real date and time")
@@ -222,8 +248,9 @@ class TestRejections:
         """A numeric time is rejected naming its type."""
         assert "got 'number'" in rejected(encode(event(time=1764307800)))
 
-    @pytest.mark.parametrize(("data", "kind"), [([1, 2], "array"), ("text", "string"), (3, "number"),
-                                                (False, "boolean")])
+    @pytest.mark.parametrize(
+        ("data", "kind"), [([1, 2], "array"), ("text", "string"), (3, "number"), (False, "boolean")]
+    )
     def test_data_not_an_object(self, data, kind):
         """data other than an object or null is rejected naming its type."""
         assert rejected(encode(event(data=data))) == f"field 'data' must be a JSON object or null, got a JSON {kind}"
@@ -250,19 +277,25 @@ class TestParseLine:
         raw = encode(without("trace_id"))
         assert parse_line(raw) == (None, [Rejection("field 'trace_id' is missing", raw)])
 
-    @pytest.mark.parametrize("fragment", [
-        b'{"time":"2026-11-28T05:30:00.1+00:00","application_na',
-        b'ion_name":"WebApp","data":{"a":{"b":1}',
-        b"garbage",
-        b'{"',
-    ])
+    @pytest.mark.parametrize(
+        "fragment",
+        [
+            b'{"time":"2026-11-28T05:30:00.1+00:00","application_na',
+            b'ion_name":"WebApp","data":{"a":{"b":1}',
+            b"garbage",
+            b'{"',
+        ],
+    )
     def test_fragment_before_valid_event(self, fragment):
         """A fragment glued before a valid event is rejected with its raw bytes; the event's row is returned."""
         valid = encode(event())
         row, rejections = parse_line(fragment + valid)
         assert row == parse_event(valid)
-        assert rejections == [Rejection(
-            f"fragment of {len(fragment)} bytes glued before a valid event (a writer stopped mid-line?)", fragment)]
+        assert rejections == [
+            Rejection(
+                f"fragment of {len(fragment)} bytes glued before a valid event (a writer stopped mid-line?)", fragment
+            )
+        ]
 
     def test_fragment_and_event_with_nested_objects(self):
         """A fragment before an event whose data holds nested objects still yields that whole event."""
@@ -272,11 +305,14 @@ class TestParseLine:
         assert orjson.loads(decode_row(row)[7]) == {"a": {"b": {"c": 1}}, "l": [{"d": 2}]}
         assert [r.raw for r in rejections] == [fragment]
 
-    @pytest.mark.parametrize("raw", [
-        b'garbage{"not":"an event"}',
-        b'xx{"time":"2026-11-28T05:30:00Z"}',
-        encode({**event(data={"inner": {"x": 1}}), "extra": True}),
-    ])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'garbage{"not":"an event"}',
+            b'xx{"time":"2026-11-28T05:30:00Z"}',
+            encode({**event(data={"inner": {"x": 1}}), "extra": True}),
+        ],
+    )
     def test_no_valid_event_later(self, raw):
         """A line with no valid event after its bad start is one rejection of the whole raw line."""
         row, rejections = parse_line(raw)

@@ -23,17 +23,34 @@ PASSING = Totals(generated=1000, sent=990, dropped=10, landed=990, missing=10)
 
 def options(**overrides) -> argparse.Namespace:
     """The expectations of a scenario such as steady, with overrides."""
-    base = {"max_lost": 0, "max_duplicated": 0, "max_torn": 0, "min_torn": 0, "min_rows_per_s": 0,
-            "max_unaccounted_bytes": -1, "max_collector_rss_mib": -1, "hostile_every": 0,
-            "max_unexplained_rejections": None, "max_bad_accepted": None}
+    base = {
+        "max_lost": 0,
+        "max_duplicated": 0,
+        "max_torn": 0,
+        "min_torn": 0,
+        "min_rows_per_s": 0,
+        "max_unaccounted_bytes": -1,
+        "max_collector_rss_mib": -1,
+        "hostile_every": 0,
+        "max_unexplained_rejections": None,
+        "max_bad_accepted": None,
+    }
     return argparse.Namespace(**{**base, **overrides})
 
 
 def verdict(totals: Totals = PASSING, **fields) -> Verdict:
-    v = Verdict(run_id="r1", scenario="steady", totals=totals,
-                sources=[SourceResult("p0u0", 1000, 990, 10, 0, landed=990, rows=990)],
-                latency=Latency(p50_ms=1.0, p99_ms=9.0, max_ms=20.0, blocked_s=0.5), rows_per_s=5000.0,
-                lines_per_s=6000.0, duration_s=2.0, collector_exit=0, collector_peak_rss_mib=40.0)
+    v = Verdict(
+        run_id="r1",
+        scenario="steady",
+        totals=totals,
+        sources=[SourceResult("p0u0", 1000, 990, 10, 0, landed=990, rows=990)],
+        latency=Latency(p50_ms=1.0, p99_ms=9.0, max_ms=20.0, blocked_s=0.5),
+        rows_per_s=5000.0,
+        lines_per_s=6000.0,
+        duration_s=2.0,
+        collector_exit=0,
+        collector_peak_rss_mib=40.0,
+    )
     return replace(v, **fields)
 
 
@@ -49,16 +66,18 @@ class TestCheck:
         """A run within every limit passes, and every checked expectation is listed, not only failures."""
         v = judged(verdict())
         assert v.passed
-        assert [e.name for e in v.expectations] == ["max_lost", "max_duplicated", "max_torn", "sent",
-                                                    "collector_exit"]
+        assert [e.name for e in v.expectations] == ["max_lost", "max_duplicated", "max_torn", "sent", "collector_exit"]
 
-    @pytest.mark.parametrize(("totals", "opts", "name"), [
-        ({"lost": 3}, {}, "max_lost: lost lines 3, expected <= 0 (--max-lost)"),
-        ({"duplicated": 1}, {}, "max_duplicated: duplicated lines 1, expected <= 0"),
-        ({"torn_or_rejected": 2}, {}, "max_torn: torn or rejected lines 2, expected <= 0"),
-        ({}, {"min_torn": 5, "max_torn": -1}, "min_torn: torn or rejected lines 0, expected >= 5"),
-        ({"sent": 0}, {}, "sent: lines sent"),
-    ])
+    @pytest.mark.parametrize(
+        ("totals", "opts", "name"),
+        [
+            ({"lost": 3}, {}, "max_lost: lost lines 3, expected <= 0 (--max-lost)"),
+            ({"duplicated": 1}, {}, "max_duplicated: duplicated lines 1, expected <= 0"),
+            ({"torn_or_rejected": 2}, {}, "max_torn: torn or rejected lines 2, expected <= 0"),
+            ({}, {"min_torn": 5, "max_torn": -1}, "min_torn: torn or rejected lines 0, expected >= 5"),
+            ({"sent": 0}, {}, "sent: lines sent"),
+        ],
+    )
     def test_each_broken_expectation_names_itself(self, totals, opts, name):
         """A value past its limit gives one failure naming the expectation, both numbers and its option."""
         failures = judged(verdict(replace(PASSING, **totals)), **opts).failures
@@ -73,8 +92,9 @@ class TestCheck:
 
     def test_speed_memory_and_collector_exit_are_judged(self):
         """Rows per second, the collector's peak memory and its exit status are expectations too."""
-        v = judged(verdict(collector_exit=1, collector_peak_rss_mib=150.0), min_rows_per_s=10_000,
-                   max_collector_rss_mib=100)
+        v = judged(
+            verdict(collector_exit=1, collector_peak_rss_mib=150.0), min_rows_per_s=10_000, max_collector_rss_mib=100
+        )
         assert [f.split(":")[0] for f in v.failures] == ["min_rows_per_s", "max_collector_rss_mib", "collector_exit"]
 
 
@@ -120,8 +140,14 @@ class TestReport:
         assert (data["passed"], data["status"], data["exit_code"]) == (True, "PASS", 0)
         assert data["totals"]["landed"] == 990
         assert data["sources"][0]["missing"] == 10
-        assert data["expectations"][0] == {"name": "max_lost", "what": "lost lines", "op": "<=", "threshold": 0,
-                                           "observed": 0, "passed": True}
+        assert data["expectations"][0] == {
+            "name": "max_lost",
+            "what": "lost lines",
+            "op": "<=",
+            "threshold": 0,
+            "observed": 0,
+            "passed": True,
+        }
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["started_at"])
 
     @given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
@@ -133,8 +159,9 @@ class TestReport:
 
     def test_the_password_of_the_dsn_never_appears(self):
         """The DSN is recorded masked, and its password is scrubbed from every other option too."""
-        o = argparse.Namespace(dsn="postgresql://np:s3cret@db/np", collector_cmd="my-shipper --pw s3cret {fifo}",
-                               num_users=5)
+        o = argparse.Namespace(
+            dsn="postgresql://np:s3cret@db/np", collector_cmd="my-shipper --pw s3cret {fifo}", num_users=5
+        )
         recorded = recorded_options(o, {"dsn", "collector_cmd"})
         assert "s3cret" not in json.dumps(recorded)
         assert parse_dsn(recorded["dsn"]) == {"user": "np", "password": "***", "host": "db", "dbname": "np"}
@@ -145,14 +172,17 @@ class TestByteAccounting:
     """Unaccounted bytes beyond what corrupt rows can hide fail the run."""
 
     def with_bytes(self, unaccounted: int, corrupt: int = 0, in_corrupt_rows: int = 0) -> Totals:
-        return replace(PASSING, corrupt=corrupt, torn_or_rejected=corrupt,
-                       bytes=ByteAccount(sent_big=1000 + unaccounted, accounted=1000, in_corrupt_rows=in_corrupt_rows))
+        return replace(
+            PASSING,
+            corrupt=corrupt,
+            torn_or_rejected=corrupt,
+            bytes=ByteAccount(sent_big=1000 + unaccounted, accounted=1000, in_corrupt_rows=in_corrupt_rows),
+        )
 
     def test_bytes_missing_without_corrupt_rows_fail(self):
         """With no corrupt row, every unaccounted byte counts."""
         v = judged(verdict(self.with_bytes(3)), max_unaccounted_bytes=0)
-        assert v.failures == ["max_unaccounted_bytes: bytes unaccounted for 3, expected <= 0 "
-                              "(--max-unaccounted-bytes)"]
+        assert v.failures == ["max_unaccounted_bytes: bytes unaccounted for 3, expected <= 0 (--max-unaccounted-bytes)"]
 
     def test_corrupt_rows_may_hide_a_few_bytes_per_page(self):
         """A corrupt row of two pages may read back up to 5 bytes shorter per splice; more is still a failure."""
@@ -170,8 +200,11 @@ class TestByteAccounting:
 class TestTypedCounts:
     """Counters cross the Locust message boundary as dicts and come back as the same dataclass."""
 
-    @given(st.integers(0, 10**9), st.integers(0, 10**6), st.lists(st.tuples(st.integers(0, 10**6),
-                                                                            st.integers(4097, 10**7)), max_size=5))
+    @given(
+        st.integers(0, 10**9),
+        st.integers(0, 10**6),
+        st.lists(st.tuples(st.integers(0, 10**6), st.integers(4097, 10**7)), max_size=5),
+    )
     def test_round_trip(self, sent, dropped, big):
         """as_dict then from_dict (with msgpack's lists for tuples) gives back equal counters."""
         counts = SourceCounts(generated=sent + dropped, sent=sent, dropped=dropped, big_lines=big)
