@@ -134,16 +134,6 @@ class TestScenarios:
         assert_passed(code, output, v)
         assert v["totals"]["landed"] == v["totals"]["sent"] > 100
 
-    def test_stop_race_lands_every_write_that_succeeded(self, dsn, tmp_path):
-        """stop_race: open-write-close writers racing a SIGTERM lose no write that succeeded."""
-        code, output, v = run_scenario(
-            "stop_race", dsn, tmp_path, "--run-time", "8s", "--restart-collector-at", "2", "--restart-gap", "2"
-        )
-        assert_passed(code, output, v)
-        assert any("SIGTERM" in f for f in v["faults"]), v["faults"]
-        assert v["totals"]["lost"] == 0
-        assert v["totals"]["landed"] == v["totals"]["sent"] > 100
-
     def test_statement_timeout_retries_without_a_reconnect_storm(self, dsn, tmp_path):
         """statement_timeout: a 1 ms role timeout costs a handful of sessions, and every line lands once after it."""
         code, output, v = run_scenario(
