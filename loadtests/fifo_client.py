@@ -15,7 +15,7 @@ import gevent.lock
 import gevent.os
 import gevent.socket
 
-from reference.fifo import PIPE_BUF
+from reference.fifo import PIPE_BUF, write_whole
 from reference.fifo_writer import open_fifo_for_writing
 
 # Pause between non-blocking open attempts while the FIFO has no reader (ENXIO): short enough to start
@@ -240,22 +240,29 @@ class FifoClient:
 
     def _write_all(self, data: bytes) -> bool:
         """Write every byte, yielding to other greenlets while the pipe is full; False if dropped whole."""
-        view = memoryview(data)
-        while view:
-            fd = self.fd
-            if fd is None:
-                raise OSError(errno.EBADF, "the FIFO is not open")
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                self.counts.eagain += 1
-                if self.drop_when_full and len(view) == len(data):
-                    return False
-                # Park only this greenlet until the pipe has room (the hub polls the fd for us).
-                waited = time.perf_counter()
-                gevent.socket.wait_write(fd)
-                self.counts.blocked_s += time.perf_counter() - waited
-                continue
-            view = view[n:]
-            self._progress += n
+        fd = self.fd
+        if fd is None:
+            raise OSError(errno.EBADF, "the FIFO is not open")
+        return write_whole(
+            fd,
+            data,
+            wait=self._park,
+            drop_when_full=self.drop_when_full,
+            on_eagain=self._count_eagain,
+            written=self._count_written,
+        )
+
+    def _park(self, fd: int) -> bool:
+        """Park only this greenlet until the pipe has room (the hub polls the fd for us)."""
+        waited = time.perf_counter()
+        gevent.socket.wait_write(fd)
+        self.counts.blocked_s += time.perf_counter() - waited
+        if self.fd != fd:  # closed (or reopened) by another greenlet meanwhile
+            raise OSError(errno.EBADF, "the FIFO is not open")
         return True
+
+    def _count_eagain(self) -> None:
+        self.counts.eagain += 1
+
+    def _count_written(self, n: int) -> None:
+        self._progress += n

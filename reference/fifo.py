@@ -8,6 +8,7 @@ import os
 import select
 import stat
 import termios
+from collections.abc import Callable
 from pathlib import Path
 
 # Values from <linux/fcntl.h>; Python's fcntl module exposes them since 3.10, the fallback keeps older builds honest.
@@ -170,3 +171,38 @@ def bytes_waiting(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf, True)
     return buf[0]
+
+
+def write_whole(
+    fd: int,
+    data: bytes,
+    *,
+    wait: Callable[[int], bool],
+    drop_when_full: bool = False,
+    on_eagain: Callable[[], None] | None = None,
+    written: Callable[[int], None] | None = None,
+) -> bool:
+    """Write every byte of data to a pipe; the one write loop of the emitter, the Locust client and the benchmark.
+
+    On a full pipe (EAGAIN on a non-blocking descriptor: on_eagain is told) it calls wait(fd), which returns once
+    the pipe has room
+    (True) or gives up (False: the rest is not sent). With drop_when_full, a write of which no byte fitted is
+    dropped whole instead. Returns False when data was dropped or given up, True when every byte is in the pipe.
+    A write already partly in the pipe is always finished: a fragment left behind would glue onto the next line.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            if on_eagain is not None:
+                on_eagain()
+            if drop_when_full and len(view) == len(data):
+                return False
+            if not wait(fd):
+                return False
+            continue
+        view = view[n:]
+        if written is not None:
+            written(n)
+    return True

@@ -10,7 +10,7 @@ import stat
 import time
 from dataclasses import asdict, dataclass
 
-from reference.fifo import NotAFifoError, describe_kind
+from reference.fifo import NotAFifoError, describe_kind, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +149,17 @@ class FifoWriter:
         fd = self.fd
         if fd is None:
             return False  # closed by a stop request: nothing of this write is sent
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                self.stats.eagain += 1
-                if self.nonblocking and len(view) == len(data):
-                    return False  # nothing of this write is in the pipe: drop it whole
-                # Blocking mode, or a large write already partly in the pipe: finishing it is the only way
-                # not to leave a fragment that would glue onto the next line.
-                if not self._wait_writable():
-                    return False  # stopped while the pipe stayed full: whatever is left is not sent
-                continue
-            view = view[n:]
-        return True
+        # Blocking mode, or a large write already partly in the pipe, waits for room; a stop ends the wait.
+        return write_whole(
+            fd,
+            data,
+            wait=lambda _fd: self._wait_writable(),
+            drop_when_full=self.nonblocking,
+            on_eagain=self._count_eagain,
+        )
+
+    def _count_eagain(self) -> None:
+        self.stats.eagain += 1
 
     def _wait_writable(self) -> bool:
         """Sleep in poll() until the pipe has room (True) or a stop is requested (False), counting the time."""

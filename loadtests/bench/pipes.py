@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loadtests.bench.dataset import COLLECTOR_READY_TIMEOUT_S, SUBPROCESS_TIMEOUT_S, Bench, BenchError
 from loadtests.lifecycle import has_reader
-from reference.fifo import get_pipe_size, set_pipe_size
+from reference.fifo import get_pipe_size, set_pipe_size, write_whole
 from reference.framing import frames
 
 # Raw FIFO throughput in 1 MiB writes and reads, the usual pipe-max-size (the big-pipe run raises the pipe to it):
@@ -20,10 +20,13 @@ FIFO_WRITE_BYTES = 1024 * 1024
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """os.write until every byte is out (a blocking pipe write above PIPE_BUF may return early on a signal)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    """Every byte into a blocking pipe (a write above PIPE_BUF may return early on a signal): write_whole's loop."""
+    write_whole(fd, data, wait=_never_full)
+
+
+def _never_full(_fd: int) -> bool:
+    """A blocking descriptor waits inside os.write and never sees EAGAIN."""
+    return True
 
 
 def pack_writes(lines: list[bytes]) -> list[bytes]:

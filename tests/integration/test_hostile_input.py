@@ -17,6 +17,7 @@ from test_scenarios import assert_passed, run_scenario
 from loadtests.corpus import load_corpus
 from reference.collector.lines import REJECTED_PREFIX_BYTES
 from reference.events import EventFactory
+from reference.fifo import write_whole
 from reference.schema import apply_schema
 from reference.sizes import SIZE_CLASSES
 
@@ -69,9 +70,7 @@ def hostile_collector(module_dsn, tmp_path_factory) -> Iterator[CollectorProcess
 
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte to a blocking fd (a line larger than the pipe goes in as the collector reads)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_whole(fd, data, wait=lambda _fd: True)
 
 
 @pytest.mark.parametrize(("number", "line"), [pytest.param(n, line, id=line.kind) for n, line in enumerate(CORPUS)])
