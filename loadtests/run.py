@@ -299,8 +299,11 @@ class Run:
         self.verdict = verdict
         self.environment.process_exit_code = verdict.exit_code
         _say(render(verdict))
+        charts = self.run_dir / "report.html"
         _say(
-            f"report: {_shown_path(report)}\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
+            f"report: {_shown_path(report)}"
+            + (f"\ncharts: {_shown_path(charts)}" if charts.exists() else "")
+            + f"\nopen the data: {self.database.psql_command()}   (run id {self.run_id}: "
             f"WHERE data->'_np'->>'run' = '{self.run_id}')"
         )
         self.phase = f"run {self.run_id}: {verdict.status}"
