@@ -168,7 +168,7 @@ class Database:
         """Connect once, to fail early with a clear message."""
         try:
             psycopg2.connect(self.dsn, connect_timeout=10).close()
-        except psycopg2.OperationalError as exc:
+        except psycopg2.Error as exc:  # OperationalError: cannot connect; ProgrammingError: a DSN libpq cannot parse
             from reference.dsn import redact, scrub
 
             raise DatabaseUnavailableError(

@@ -14,11 +14,21 @@ LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
 MASK = "***"
 # What an unparsable DSN is shown as: libpq's own error could echo a piece of it, the password included.
 UNPARSABLE = "(an invalid DSN, not shown)"
+# What replaces libpq's message about a DSN it cannot parse: the message quotes the offending piece of the DSN,
+# which may be part of the password (`invalid percent-encoded token: "s3cret%ZZ"`).
+UNPARSABLE_MESSAGE = (
+    "libpq cannot parse the DSN (its message is not shown: it may quote the password); check its syntax"
+)
 
 
 def _password(dsn: str) -> str | None:
     """The password libpq would send for dsn; raises ProgrammingError when libpq cannot parse dsn."""
     return parse_dsn(dsn).get("password") or None
+
+
+def _could_hold_password(text: str) -> bool:
+    """True for a text with a URI's user info or a password keyword: one libpq cannot parse is then never shown."""
+    return "://" in text or "password" in text.lower()
 
 
 def redact(dsn: str) -> str:
@@ -31,7 +41,7 @@ def redact(dsn: str) -> str:
     except ProgrammingError:
         # Not a DSN libpq can read: a text without a URI's user info or a password keyword cannot hold a password
         # (a command line's other arguments, say); anything else is not shown.
-        return UNPARSABLE if "://" in dsn or "password" in dsn.lower() else dsn
+        return UNPARSABLE if _could_hold_password(dsn) else dsn
     if password is None:
         return dsn
     return make_dsn(dsn, password=MASK)
@@ -49,7 +59,9 @@ def scrub(text: str, dsn: str) -> str:
     try:
         password = _password(dsn)
     except ProgrammingError:
-        return text.replace(dsn, UNPARSABLE) if dsn else text
+        if dsn and _could_hold_password(dsn):
+            return UNPARSABLE_MESSAGE  # libpq's message quotes a piece of the DSN, and it may be the password
+        return text
     if password is None:
         return text
     for form in _spellings(password):

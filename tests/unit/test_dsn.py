@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from reference.dsn import MASK, UNPARSABLE, redact, scrub
+from reference.dsn import MASK, UNPARSABLE, UNPARSABLE_MESSAGE, redact, scrub
 
 
 class TestRedactUri:
@@ -46,6 +47,20 @@ class TestRedactUri:
     def test_unparsable_not_shown(self, dsn):
         """A DSN libpq cannot parse that could hold a password (a URI, the word password) is not shown at all."""
         assert redact(dsn) == UNPARSABLE
+
+    @pytest.mark.parametrize(
+        ("dsn", "piece"),
+        [
+            ("postgresql://postgres:secret%ZZpw@/postgres?host=/tmp", "secret%ZZpw"),
+            ("host=/tmp password=secret pw", "pw"),
+        ],
+    )
+    def test_libpq_message_about_an_unparsable_dsn_is_not_shown(self, dsn, piece):
+        """libpq quotes the piece of a DSN it cannot parse, maybe the password: scrub drops the whole message."""
+        with pytest.raises(psycopg2.ProgrammingError) as caught:
+            psycopg2.connect(dsn)
+        assert f'"{piece}"' in str(caught.value)  # what libpq itself says
+        assert scrub(str(caught.value), dsn) == UNPARSABLE_MESSAGE
 
     @pytest.mark.parametrize("text", ["/usr/bin/python3", "-m", "reference.collector", "--fifo", "x=y z"])
     def test_other_text_unchanged(self, text):
