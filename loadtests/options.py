@@ -57,6 +57,25 @@ LOCUST_FORM_FIELDS = frozenset(
 )
 
 
+# --lines-per-write at most: 1,000 small lines are ~450 KB in one write, far past any pipe; a larger number only
+# makes one write (built in one step, without yielding) big enough to stall the harness or exhaust its memory.
+MAX_LINES_PER_WRITE = 1_000
+
+
+def check_load_options(options) -> None:
+    """ValueError naming the option when a load-shaping value (also settable from the web UI) is out of range."""
+    count = getattr(options, "lines_per_write", 0)
+    try:
+        count = int(count or 0)
+    except (TypeError, ValueError):
+        raise ValueError(f"--lines-per-write {count!r}: give a whole number from 0 to {MAX_LINES_PER_WRITE}") from None
+    if not 0 <= count <= MAX_LINES_PER_WRITE:
+        raise ValueError(
+            f"--lines-per-write {count}: give a whole number from 0 (pack lines up to PIPE_BUF) to "
+            f"{MAX_LINES_PER_WRITE}"
+        )
+
+
 def refused_fields(form_keys: set[str]) -> list[str]:
     """The fields of a POST /swarm that the web UI may not set (every option outside WEB_EDITABLE)."""
     return sorted(form_keys - LOCUST_FORM_FIELDS - WEB_EDITABLE)

@@ -20,7 +20,14 @@ from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
 from loadtests.database import Database, DatabaseUnavailableError
 from loadtests.fifo_client import SourceCounts
 from loadtests.lifecycle import CollectorError, SystemUnderTest
-from loadtests.options import EXIT_CANNOT_START, EXIT_FAIL, EXIT_INTERRUPTED, HARNESS_OPTIONS, WEB_EDITABLE
+from loadtests.options import (
+    EXIT_CANNOT_START,
+    EXIT_FAIL,
+    EXIT_INTERRUPTED,
+    HARNESS_OPTIONS,
+    WEB_EDITABLE,
+    check_load_options,
+)
 from loadtests.progress import DrainProgress, locust_tables_muted
 from loadtests.provenance import recorded_options, utc_now, versions
 from loadtests.report import build as build_report
@@ -134,7 +141,7 @@ class Run:
         """Set up; a run that cannot start says why in one line and (headless) ends with exit status 2."""
         try:
             self._start()
-        except (DatabaseUnavailableError, CollectorError, OSError, psycopg2.Error) as exc:
+        except (DatabaseUnavailableError, CollectorError, OSError, psycopg2.Error, ValueError) as exc:
             log.error("cannot start the run: %s", exc)
             self.phase = f"cannot start the run: {exc}"
             if self.sut is not None:
@@ -154,6 +161,7 @@ class Run:
             if hasattr(live, name):
                 setattr(self.options, name, getattr(live, name))
         o = self.options
+        check_load_options(o)
         self.started_at = utc_now()
         self.phase = "starting"
         self._database()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from loadtests.options import HARNESS_OPTIONS, LOCUST_FORM_FIELDS, WEB_EDITABLE, add_options, refused_fields
+from loadtests.options import (
+    HARNESS_OPTIONS,
+    LOCUST_FORM_FIELDS,
+    MAX_LINES_PER_WRITE,
+    WEB_EDITABLE,
+    add_options,
+    check_load_options,
+    refused_fields,
+)
 
 # Locust monkey-patches threading when imported, which would break the thread-based unit tests that run after:
 # its parser is built in a child process.
@@ -76,3 +85,18 @@ def test_options_are_collected_once_declared():
     add_options(configargparse.ArgumentParser())
     assert {"dsn", "collector_cmd", "keep_runs", "size_mix"} <= HARNESS_OPTIONS
     assert not isinstance(HARNESS_OPTIONS, argparse.Namespace)
+
+
+class TestLoadOptionBounds:
+    """Load-shaping values, which the web UI may set, are checked before a run starts."""
+
+    @pytest.mark.parametrize("value", [-1, MAX_LINES_PER_WRITE + 1, 100_000_000, "many"])
+    def test_out_of_range_lines_per_write_is_refused(self, value):
+        """A negative, huge or non-numeric --lines-per-write stops the start with a message naming the option."""
+        with pytest.raises(ValueError, match="--lines-per-write"):
+            check_load_options(argparse.Namespace(lines_per_write=value))
+
+    @pytest.mark.parametrize("value", [0, 1, MAX_LINES_PER_WRITE, None])
+    def test_in_range_lines_per_write_is_accepted(self, value):
+        """0 (pack up to PIPE_BUF) to MAX_LINES_PER_WRITE is accepted."""
+        check_load_options(argparse.Namespace(lines_per_write=value))
