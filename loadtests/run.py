@@ -77,6 +77,7 @@ class Run:
         self.prepared = False  # a headless run set up at init, waiting for its test start
         self.writers = WriterTotals()  # the users' counters while the run goes (the timeline's writes)
         self.sampler: Sampler | None = None
+        self.sampler_run = ""  # the run whose load began (its faults and sampler started)
         self._closing = False
         self._closed = gevent.event.Event()
 
@@ -116,20 +117,26 @@ class Run:
             self.prepared = False  # set up at init (headless): the load starts now
             self._begin()
             return
-        if self.finisher is not None:
-            self.finisher.join()  # the previous run's verdict first (web UI: a start right after a stop)
-        self.environment.parsed_options.np_run_id = ""  # users that see no run id stop at once
-        self.finisher = None
-        self.drain_skipped = False
-        self.start_failed = False
-        self.starter = gevent.spawn(self._start_or_explain)
+        # A second start while the first still sets up (two quick POST /swarm: Locust kills the first spawning
+        # greenlet, not our set-up) joins that set-up instead of starting a second collector beside it.
+        if self.starter is None or self.starter.dead:
+            if self.finisher is not None:
+                self.finisher.join()  # the previous run's verdict first (web UI: a start right after a stop)
+            self.environment.parsed_options.np_run_id = ""  # users that see no run id stop at once
+            self.finisher = None
+            self.drain_skipped = False
+            self.start_failed = False
+            self.starter = gevent.spawn(self._start_or_explain)
         self.starter.join()
         if not self.starter.value:
             raise gevent.GreenletExit  # ends Locust's ramp-up quietly: nothing of it is printed after the error
         self._begin()
 
     def _begin(self) -> None:
-        """The load starts: the clock of the run and of its faults."""
+        """The load starts: the clock of the run and of its faults (once per run, however often Locust starts)."""
+        if self.run_id and self.sampler_run == self.run_id:
+            return
+        self.sampler_run = self.run_id
         self.started = time.monotonic()
         if self.sut is not None:
             self.sut.schedule_faults(self.started)

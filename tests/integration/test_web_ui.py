@@ -194,6 +194,21 @@ class TestRuns:
         assert rows[0]["result"] == "PASS"
         assert web.output().count("PASS: every expectation holds") == 2
 
+    def test_two_quick_starts_make_one_run_with_one_collector(self, web):
+        """Start posted twice while the first still sets up: one run, one collector, none left after the harness."""
+        for _ in range(2):
+            status, _ = web.post("/swarm", {"user_count": "2", "spawn_rate": "2"})
+            assert status == 200
+        time.sleep(4)
+        collectors = [p for p in web.descendants() if "reference.collector" in " ".join(p.cmdline())]
+        assert len(collectors) == 1, [p.cmdline() for p in collectors]
+        web.post("/stop")
+        (verdict,) = web.wait_for_verdicts(1)
+        assert verdict["passed"], verdict["failures"]
+        assert len(list(web.report_dir.iterdir())) == 1  # no second run folder
+        web.stop()
+        assert not [p for p in collectors if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
 
 def _browser() -> tuple[str, str] | None:
     """(chromium, chromedriver) from the system, None when either is missing."""
