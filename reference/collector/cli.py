@@ -30,6 +30,7 @@ from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
 from reference.collector.loader import DatabaseConfigError
 from reference.collector.metrics import DEFAULT_METRICS_HOST, serve
 from reference.collector.pipeline import build_collector
+from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.stop import StopRequest
 from reference.collector.writer import STOP_GRACE_S
 from reference.dsn import DSN_ENV, LIBPQ_ENV
@@ -145,6 +146,14 @@ def build_parser() -> configargparse.ArgumentParser:
         f"counted (exit status 4), or with --journal left there (default {STOP_GRACE_S:g})",
     )
     option(
+        "--stop-writers-grace",
+        dest="writers_grace",
+        type=float,
+        default=WRITERS_GRACE_S,
+        help="seconds a stop keeps reading while writers that have the FIFO open finish (writers that open it "
+        f"meanwhile wait for the next collector); 0 closes it right after the final read (default {WRITERS_GRACE_S:g})",
+    )
+    option(
         "--metrics-port",
         type=int,
         default=0,
@@ -207,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         journal_max_bytes=args.journal_max_bytes,
         reject_keep_bytes=args.reject_keep_bytes,
         stop_grace=args.stop_grace,
+        writers_grace=args.writers_grace,
     )
     if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
         print(NO_DSN_MESSAGE, file=sys.stderr)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from reference.collector.journal import DEFAULT_MAX_BYTES
 from reference.collector.lines import LineSplitter, Oversized
 from reference.collector.model import Batch, BatchLimits, Rejection
+from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.sink import Sink, SinkRefused
 from reference.collector.source import Chunk, Source
 from reference.collector.stop import StopRequest
@@ -73,6 +74,7 @@ class CollectorConfig:
     journal_max_bytes: int = DEFAULT_MAX_BYTES
     reject_keep_bytes: int = REJECT_KEEP_BYTES
     stop_grace: float = STOP_GRACE_S
+    writers_grace: float = WRITERS_GRACE_S
 
     @property
     def limits(self) -> BatchLimits:
@@ -126,6 +128,7 @@ class Collector:
                 if now >= next_stats:
                     log.info("stats %s", self._stats_text())
                     next_stats = now + self.config.stats_interval
+            self._let_writers_finish()
             self._shutdown()
             finished = True
         except SinkRefused as exc:
@@ -182,6 +185,20 @@ class Collector:
         self._flush_if_due(block=not source.durable)
         if sink.committed is not None:
             source.committed(sink.committed)
+
+    def _let_writers_finish(self) -> None:
+        """Read on while the writers that have the FIFO open finish, new ones being sent to a stand-in (reader.py).
+
+        Bounded by writers_grace and by a second stop request; the final read and close come after.
+        """
+        if self.config.writers_grace <= 0 or not self.source.close_door():
+            return
+        deadline = time.monotonic() + self.config.writers_grace
+        while not self.source.writers_gone and time.monotonic() < deadline and not self.stop.insistent:
+            self.sink.raise_if_failed()
+            self._step()
+        if not self.source.writers_gone:
+            log.info("writers still had the FIFO open %g s after the stop; closing it", self.config.writers_grace)
 
     def _wait_time(self) -> float:
         if not self.batch:

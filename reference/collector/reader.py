@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -14,6 +15,7 @@ from reference.fifo import (
     FifoPathError,
     bytes_waiting,
     describe_kind,
+    exchange_paths,
     get_pipe_size,
     open_fifo_for_reading,
     pipe_max_size,
@@ -32,10 +34,21 @@ PATH_CHECK_S = 1.0
 # A FIFO that was removed or replaced is read until its last writer closes it; lines are handed over whole,
 # and at most this much is held back waiting for a newline (a longer unfinished line is cut here).
 RETIRED_BUFFER_BYTES = READ_CHUNK_BYTES
+# A stopping collector waits this long for the writers that have the FIFO open to close it, reading on, while
+# writers that open the path meanwhile meet a stand-in FIFO and wait for the next collector: an open-write-close
+# writer (`echo line > fifo`) holds the FIFO for micro- to milliseconds, so a second covers one descheduled on a
+# loaded machine; a writer that keeps the FIFO open costs a stop at most this much. 0 turns the wait off.
+WRITERS_GRACE_S = 1.0
 
 
 class FifoBusyError(FifoPathError):
     """Another collector reads this FIFO already."""
+
+
+def stand_in_path(fifo: str | os.PathLike[str]) -> Path:
+    """Where a stopping collector parks a FIFO beside the real one (see FifoReader.close_door)."""
+    fifo = Path(fifo)
+    return fifo.with_name(f".{fifo.name}.stand-in")
 
 
 def lock_path(fifo: str | os.PathLike[str]) -> Path:
@@ -60,25 +73,55 @@ class FifoReader:
     cannot make the collector miss lines between a close and a reopen (syslog-ng opens its pipe source
     O_RDWR for the same reason). When the path stops leading to this FIFO (removed, or replaced), a new FIFO
     is created there and the old one is read on until its writers have closed it.
+
+    At a stop, close_door swaps a stand-in FIFO (no reader) in at the path, so that only the writers that have
+    this FIFO open still reach it; it reports EOF once they have closed it, and only then is it closed: no write
+    that succeeded is freed with the pipe. A stand-in left beside the path is read first by the next collector.
     """
 
     def __init__(self, path: str, *, mode: int, pipe_size: int | None = None) -> None:
         self.path = str(path)
         self.mode = mode
         self.pipe_size = pipe_size
-        # O_NONBLOCK on the read open: it returns at once instead of waiting for a writer.
-        self.fd = open_fifo_for_reading(self.path, mode)
         try:
             self._lock = acquire(lock_path(self.path), f"the FIFO {self.path}")
         except LockHeldError as exc:
-            os.close(self.fd)
             raise FifoBusyError(str(exc)) from None
         self._retired: list[_Retired] = []
+        self._stand_in: Path | None = None  # where this FIFO is parked while a stop waits for its writers
+        self._door_closed = False
+        try:
+            self._take_over_stand_in()
+            # O_NONBLOCK on the read open: it returns at once instead of waiting for a writer.
+            fd = open_fifo_for_reading(self.path, mode)
+        except BaseException:
+            for r in self._retired:
+                os.close(r.fd)
+            release(self._lock)
+            raise
         self._give_back = b""
         self._primary_aligned = True  # the last byte handed out from the current FIFO ended a line
         self._next_check = time.monotonic() + PATH_CHECK_S
         self._reported: tuple[int, int] | None = None  # the foreign file at the path already logged
-        self._adopt(self.fd)
+        self._adopt(fd)
+
+    def _take_over_stand_in(self) -> None:
+        """Read a FIFO an earlier stop left beside the path (killed mid-stop, or writers held it) before the path's.
+
+        Its writers' bytes are read until they close it, like a retired FIFO; opening it also lets writers that
+        wait to open it go on. Before the path's FIFO, so a writer moving over to that one does not free these.
+        """
+        parked = stand_in_path(self.path)
+        if not os.path.lexists(parked):
+            return
+        try:
+            fd = open_fifo_for_reading(parked, self.mode)
+        except (FifoPathError, OSError) as exc:
+            log.error("%s was left by an earlier stop but cannot be read: %s", parked, exc)
+            return
+        os.unlink(parked)
+        self._retired.append(_Retired(fd))
+        log.warning("reading %s, left beside the FIFO by an earlier stop, until its last writer closes it", parked)
 
     def _adopt(self, fd: int) -> None:
         """Make fd the FIFO read from now on, with a write end of our own on the very same inode."""
@@ -106,7 +149,7 @@ class FifoReader:
     def check_path(self) -> None:
         """At most every PATH_CHECK_S: if the path no longer leads to our FIFO, recreate it and retire the old one."""
         now = time.monotonic()
-        if now < self._next_check:
+        if now < self._next_check or self._door_closed:
             return
         self._next_check = now + PATH_CHECK_S
         try:
@@ -228,11 +271,114 @@ class FifoReader:
         """Unread bytes in the pipe (FIONREAD)."""
         return bytes_waiting(self.fd)
 
+    def close_door(self) -> bool:
+        """Let only the writers that have this FIFO open reach it from now on; False when that cannot be done.
+
+        A stand-in FIFO with this one's owner and mode takes its place at the path in one step (renameat2), so a
+        writer opening the path meets either FIFO, never nothing (`echo line > fifo` would create a regular
+        file); with no reader, the stand-in makes writers wait (or fail with ENXIO) as when no collector runs.
+        """
+        try:
+            st: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == self._inode:
+            parked = stand_in_path(self.path)
+            try:
+                _make_stand_in(parked, st)
+            except OSError as exc:
+                log.warning(
+                    "cannot prepare a stand-in FIFO at %s (%s): writes that arrive between the final read and "
+                    "the close can be lost",
+                    parked,
+                    exc.strerror,
+                )
+                return False
+            try:
+                exchange_paths(parked, self.path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(parked)
+                log.warning(
+                    "cannot swap a stand-in FIFO in at %s (%s): writes that arrive between the final read and "
+                    "the close can be lost",
+                    self.path,
+                    exc.strerror,
+                )
+                return False
+            self._stand_in = parked
+        # Else the FIFO was removed or replaced already: no new writer reaches it either.
+        os.close(self._keepalive)  # from now on EOF comes once the writers that have it open are done
+        self._keepalive = -1
+        self._door_closed = True
+        return True
+
+    def writers_gone(self) -> bool:
+        """True once the door is closed, every writer has closed this FIFO and nothing is left to read."""
+        if not self._door_closed or self._retired or self._give_back:
+            return False
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        hung_up = any(events & select.POLLHUP for _, events in poller.poll(0))
+        return hung_up and bytes_waiting(self.fd) == 0  # in this order: bytes written before the last close
+
+    def open_door(self) -> None:
+        """End a stop's wait: a drained FIFO is removed, one that writers still hold goes back to the path.
+
+        Put back, what those writers send after the final read waits in the pipe for the next collector, as
+        long as one of them keeps it open (the harness's client does); the stand-in, which writers may have
+        opened meanwhile, stays beside the path for the next collector to read first.
+        """
+        parked, self._stand_in = self._stand_in, None
+        if parked is None:
+            return
+        if self.writers_gone():
+            with contextlib.suppress(OSError):
+                if _same_file(os.lstat(parked), self._inode):
+                    os.unlink(parked)
+            return
+        try:
+            exchange_paths(parked, self.path)
+        except OSError as exc:
+            log.warning(
+                "cannot put the FIFO back at %s (%s): the next collector reads it at %s",
+                self.path,
+                exc,
+                parked,
+            )
+            return
+        log.info("writers kept %s open past the stop's wait: it is back at the path for the next collector", self.path)
+
     def close(self) -> None:
         """Close both ends, any retired FIFO, and release the lock."""
+        self.open_door()
         for fd in (self.fd, self._keepalive, *(r.fd for r in self._retired)):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 log.debug("fd %d already closed", fd)
+        self._keepalive = -1
         release(self._lock)
+
+
+def _same_file(st: os.stat_result, inode: tuple[int, int]) -> bool:
+    return (st.st_dev, st.st_ino) == inode
+
+
+def _make_stand_in(parked: Path, like: os.stat_result) -> None:
+    """Create a FIFO at parked with the owner and mode of like, set through its descriptor (no path race)."""
+    os.mkfifo(parked, 0o600)
+    try:
+        fd = os.open(parked, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(fd, like.st_uid, like.st_gid)
+            os.fchmod(fd, stat.S_IMODE(like.st_mode))
+        finally:
+            os.close(fd)  # before the swap: the stand-in must have no reader, so writers wait instead of writing
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(parked)
+        raise

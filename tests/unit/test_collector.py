@@ -93,6 +93,12 @@ class ScriptedSource:
     def committed(self, offset: int) -> None:
         self.events.append(f"committed {offset}")
 
+    def close_door(self) -> bool:
+        self.events.append("close_door")
+        return False  # no FIFO to swap: the collector goes straight to the seal
+
+    writers_gone = True
+
     def seal(self) -> None:
         self.events.append("seal")
         self._pending.extend(self.at_seal)
