@@ -33,12 +33,13 @@ from reference.collector.pipeline import build_collector
 from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.stop import StopRequest
 from reference.collector.writer import STOP_GRACE_S
-from reference.dsn import DSN_ENV, LIBPQ_ENV
+from reference.dsn import DSN_ENV, LIBPQ_ENV, UNPARSABLE_MESSAGE, parsable
 from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 PROGRAM = "collector"
+DSN_SOURCES = f"--dsn, {DSN_ENV} or --dsn-file"
 NO_DSN_MESSAGE = (
     f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
     f"({', '.join(LIBPQ_ENV)}, PGUSER, PGPASSFILE ...); for a local test database run "
@@ -220,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
         print(NO_DSN_MESSAGE, file=sys.stderr)
+        return 2
+    if args.dsn and not parsable(args.dsn):
+        # A DSN libpq cannot parse never connects: retrying it would look like a database that is down.
+        print(f"error: the DSN given ({DSN_SOURCES}): {UNPARSABLE_MESSAGE}", file=sys.stderr)
         return 2
     if not 0 <= args.metrics_port <= MAX_PORT:
         print(
