@@ -27,7 +27,7 @@ from reference.collector.credentials import (
     read_dsn_file,
 )
 from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
-from reference.collector.loader import DatabaseConfigError
+from reference.collector.loader import DatabaseConfigError, quiet_psycopg2_reports
 from reference.collector.metrics import DEFAULT_METRICS_HOST, serve
 from reference.collector.pipeline import build_collector
 from reference.collector.reader import WRITERS_GRACE_S
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s collector %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    quiet_psycopg2_reports()
     for name in ("batch_rows", "batch_bytes", "max_line_bytes", "reject_keep_bytes"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be 1 or more", file=sys.stderr)

@@ -251,6 +251,7 @@ class TestRecoveryAndLocks:
         text = handle.log()
         log.info("SIGTERM to exit %.2f s behind a lock; status %d", took, status)
         assert took < SIGTERM_BOUND_S, text
+        assert "cancelled the statement" not in text  # the stop's own cancel is no statement_timeout to check
         if journal:
             assert status == 0, text
             again = collector(fifo_path, dsn, *extra)
@@ -260,6 +261,45 @@ class TestRecoveryAndLocks:
         else:
             assert status == 4, text
             assert "100 lines read were not stored" in text
+
+
+# A per-row trigger slow enough that a batch's COPY runs for seconds: a terminate arrives while the rows stream.
+SLOW_ROW_TRIGGER_SQL = """
+CREATE FUNCTION np_slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0005); RETURN NULL;
+END $$;
+CREATE TRIGGER np_slow_row AFTER INSERT ON logs FOR EACH ROW EXECUTE FUNCTION np_slow_row();
+"""
+TERMINATE_COPY_SQL = """
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE application_name = 'namedpiper-collector' AND query LIKE 'COPY%%' AND state = 'active'
+"""
+
+
+class TestSessionTerminatedMidCopy:
+    """An administrator ending the collector's session mid-COPY: one warning, a new session, every line once."""
+
+    def test_terminate_mid_copy_is_a_lost_connection_without_traceback(
+        self, dsn, fifo_path, collector, query, wait_for_rows
+    ):
+        """psycopg2 prints a SystemError for it from C (a bug of its own): the collector keeps it out of the log."""
+        query(dsn, SLOW_ROW_TRIGGER_SQL)
+        handle = collector(fifo_path, dsn)
+        write_fifo(fifo_path, event_lines("terminated", 3000))
+        terminated = 0
+        deadline = time.monotonic() + 20
+        while terminated < 2 and time.monotonic() < deadline:
+            ((n,),) = query(dsn, TERMINATE_COPY_SQL)
+            terminated += n
+            time.sleep(0.2)
+        query(dsn, "DROP TRIGGER np_slow_row ON logs")
+        wait_for_rows(dsn, "data->>'tag' = 'terminated'", 3000, timeout=60)
+        assert handle.stop() == 0
+        text = handle.log()
+        assert terminated >= 2, text
+        assert tagged(query, dsn, "terminated") == (3000, 3000)
+        assert "connection lost" in text
+        assert "Traceback" not in text
+        assert "SystemError" not in text
 
 
 @pytest.fixture
