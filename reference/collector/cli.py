@@ -39,6 +39,9 @@ from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 PROGRAM = "collector"
+# The longest wait a stop option may ask for: longer than any stop should take, and it keeps out inf and nan
+# (a stop must end by itself).
+MAX_WAIT_S = 3600.0
 DSN_SOURCES = f"--dsn, {DSN_ENV} or --dsn-file"
 NO_DSN_MESSAGE = (
     f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
@@ -179,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     quiet_psycopg2_reports()
+    for name, flag in (("stop_grace", "--stop-timeout"), ("writers_grace", "--stop-writers-grace")):
+        if not 0 <= getattr(args, name) < MAX_WAIT_S:
+            print(f"error: {flag} {getattr(args, name)}: give seconds from 0 to {MAX_WAIT_S:g}", file=sys.stderr)
+            return 2
     for name in ("batch_rows", "batch_bytes", "max_line_bytes", "reject_keep_bytes"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be 1 or more", file=sys.stderr)

@@ -189,16 +189,31 @@ class Collector:
     def _let_writers_finish(self) -> None:
         """Read on while the writers that have the FIFO open finish, new ones being sent to a stand-in (reader.py).
 
-        Bounded by writers_grace and by a second stop request; the final read and close come after.
+        Bounded by writers_grace and by a second stop request. Without a journal it ends as soon as the database
+        takes no batches: lines read then could only be given up, while in the pipe a writer that keeps the FIFO
+        open saves them for the next collector.
         """
-        if self.config.writers_grace <= 0 or not self.source.close_door():
+        source, sink = self.source, self.sink
+        if self.config.writers_grace <= 0 or not self._database_keeps_up() or not source.close_door():
             return
         deadline = time.monotonic() + self.config.writers_grace
-        while not self.source.writers_gone and time.monotonic() < deadline and not self.stop.insistent:
-            self.sink.raise_if_failed()
+        while not source.writers_gone:
+            if self.stop.insistent or time.monotonic() >= deadline or not self._database_keeps_up():
+                why = (
+                    "a second stop request"
+                    if self.stop.insistent
+                    else "the database takes no batches"
+                    if not self._database_keeps_up()
+                    else f"{self.config.writers_grace:g} s"
+                )
+                log.info("writers still have the FIFO open after %s; closing it after a final read", why)
+                return
+            sink.raise_if_failed()
             self._step()
-        if not self.source.writers_gone:
-            log.info("writers still had the FIFO open %g s after the stop; closing it", self.config.writers_grace)
+
+    def _database_keeps_up(self) -> bool:
+        # A full queue is a slow database, which back-pressure handles; a failing one is what gives lines up.
+        return self.source.durable or self.sink.taking
 
     def _wait_time(self) -> float:
         if not self.batch:

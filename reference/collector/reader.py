@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -64,6 +65,8 @@ class _Retired:
     fd: int
     buffer: bytearray = field(default_factory=bytearray)
     eof: bool = False
+    parked: Path | None = None  # a stand-in taken over at start: removed from this path once read to the end
+    parked_inode: tuple[int, int] | None = None
 
 
 class FifoReader:
@@ -106,10 +109,11 @@ class FifoReader:
         self._adopt(fd)
 
     def _take_over_stand_in(self) -> None:
-        """Read a FIFO an earlier stop left beside the path (killed mid-stop, or writers held it) before the path's.
+        """Read the stand-in FIFO the last stop left beside the path, before the path's own FIFO.
 
-        Its writers' bytes are read until they close it, like a retired FIFO; opening it also lets writers that
-        wait to open it go on. Before the path's FIFO, so a writer moving over to that one does not free these.
+        Writers that opened it during that stop wait in open() until it has a reader: opening it lets them go on,
+        and their lines are read like a retired FIFO's. It is removed only once read to the end, so a start that
+        fails after this point leaves it (and the bytes in it) for the next one.
         """
         parked = stand_in_path(self.path)
         if not os.path.lexists(parked):
@@ -117,11 +121,11 @@ class FifoReader:
         try:
             fd = open_fifo_for_reading(parked, self.mode)
         except (FifoPathError, OSError) as exc:
-            log.error("%s was left by an earlier stop but cannot be read: %s", parked, exc)
+            log.error("%s is not a stand-in this collector can read; it is left alone (%s)", parked, exc)
             return
-        os.unlink(parked)
-        self._retired.append(_Retired(fd))
-        log.warning("reading %s, left beside the FIFO by an earlier stop, until its last writer closes it", parked)
+        st = os.fstat(fd)
+        self._retired.append(_Retired(fd, parked=parked, parked_inode=(st.st_dev, st.st_ino)))
+        log.info("reading %s, the stand-in of the last stop, until its last writer closes it", parked)
 
     def _adopt(self, fd: int) -> None:
         """Make fd the FIFO read from now on, with a write end of our own on the very same inode."""
@@ -217,7 +221,10 @@ class FifoReader:
             self._poller.unregister(r.fd)
             os.close(r.fd)
             self._retired.pop(0)
-            log.warning("the old FIFO of %s has no writers left and is closed", self.path)
+            if r.parked is None:
+                log.warning("the old FIFO of %s has no writers left and is closed", self.path)
+            else:
+                _remove_if_same(r.parked, r.parked_inode)
         return data
 
     @property
@@ -236,10 +243,12 @@ class FifoReader:
 
     def read(self, timeout_s: float) -> bytes:
         """Wait up to timeout_s for data and return what is there (b"" when nothing came)."""
-        if not self.wait(timeout_s):
+        # A retired FIFO is looked at even without an event: one that never had a writer since we opened it (a
+        # stand-in nobody used) reports no POLLHUP, only a read says it is at its end.
+        if not self.wait(timeout_s) and not self._retired:
             return b""
         retired = self.take_retired(aligned=self._primary_aligned)
-        if retired:
+        if retired or self.fd < 0:
             return retired
         try:
             chunk = os.read(self.fd, READ_CHUNK_BYTES)
@@ -252,7 +261,7 @@ class FifoReader:
     def read_available(self) -> bytes:
         """Return what the pipe holds right now without waiting (used to drain at shutdown)."""
         chunks = []
-        remaining = bytes_waiting(self.fd)
+        remaining = self.waiting()
         while remaining > 0:
             try:
                 chunk = os.read(self.fd, min(remaining, READ_CHUNK_BYTES))
@@ -268,8 +277,8 @@ class FifoReader:
         return data + self.take_retired(aligned=self._primary_aligned)
 
     def waiting(self) -> int:
-        """Unread bytes in the pipe (FIONREAD)."""
-        return bytes_waiting(self.fd)
+        """Unread bytes in the pipe (FIONREAD); 0 once a stop closed it."""
+        return bytes_waiting(self.fd) if self.fd >= 0 else 0
 
     def close_door(self) -> bool:
         """Let only the writers that have this FIFO open reach it from now on; False when that cannot be done.
@@ -285,7 +294,7 @@ class FifoReader:
         if st is not None and (st.st_dev, st.st_ino) == self._inode:
             parked = stand_in_path(self.path)
             try:
-                _make_stand_in(parked, st)
+                _make_stand_in(parked, self.fd, st)
             except OSError as exc:
                 log.warning(
                     "cannot prepare a stand-in FIFO at %s (%s): writes that arrive between the final read and "
@@ -315,6 +324,8 @@ class FifoReader:
 
     def writers_gone(self) -> bool:
         """True once the door is closed, every writer has closed this FIFO and nothing is left to read."""
+        if self.fd < 0:
+            return True
         if not self._door_closed or self._retired or self._give_back:
             return False
         poller = select.poll()
@@ -323,31 +334,31 @@ class FifoReader:
         return hung_up and bytes_waiting(self.fd) == 0  # in this order: bytes written before the last close
 
     def open_door(self) -> None:
-        """End a stop's wait: a drained FIFO is removed, one that writers still hold goes back to the path.
+        """End a stop's wait: the FIFO goes back to the path, the stand-in beside it, for the next collector.
 
-        Put back, what those writers send after the final read waits in the pipe for the next collector, as
-        long as one of them keeps it open (the harness's client does); the stand-in, which writers may have
-        opened meanwhile, stays beside the path for the next collector to read first.
+        A drained FIFO is closed first, so it is back with no reader (writers wait, as for any stopped collector)
+        and nothing can be written into it and freed. One that writers still hold stays open for the caller's
+        final read: what they write after it waits in the pipe while one of them keeps it open (the harness's
+        client and the emitter do), for the next collector. The inode never changes for good, so hard links, bind
+        mounts and ACLs of the FIFO keep working; the stand-in is read by the next collector (writers that
+        opened it during the stop wait in open() until then).
         """
         parked, self._stand_in = self._stand_in, None
         if parked is None:
             return
         if self.writers_gone():
-            with contextlib.suppress(OSError):
-                if _same_file(os.lstat(parked), self._inode):
-                    os.unlink(parked)
-            return
+            self._poller.unregister(self.fd)
+            os.close(self.fd)
+            self.fd = -1
         try:
             exchange_paths(parked, self.path)
         except OSError as exc:
             log.warning(
-                "cannot put the FIFO back at %s (%s): the next collector reads it at %s",
+                "cannot put the FIFO back at %s (%s): it stays at %s, where the next collector reads it first",
                 self.path,
-                exc,
+                exc.strerror,
                 parked,
             )
-            return
-        log.info("writers kept %s open past the stop's wait: it is back at the path for the next collector", self.path)
 
     def close(self) -> None:
         """Close both ends, any retired FIFO, and release the lock."""
@@ -363,22 +374,47 @@ class FifoReader:
         release(self._lock)
 
 
-def _same_file(st: os.stat_result, inode: tuple[int, int]) -> bool:
-    return (st.st_dev, st.st_ino) == inode
+def _remove_if_same(path: Path, inode: tuple[int, int] | None) -> None:
+    """Remove path if it is still the file with inode (not one put there since)."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == inode:
+            os.unlink(path)
+    except OSError as exc:
+        log.warning("cannot remove %s (%s); the next collector reads it first", path, exc.strerror)
 
 
-def _make_stand_in(parked: Path, like: os.stat_result) -> None:
-    """Create a FIFO at parked with the owner and mode of like, set through its descriptor (no path race)."""
+def _make_stand_in(parked: Path, like_fd: int, like: os.stat_result) -> None:
+    """Create a FIFO at parked with the owner, mode and ACLs of like, set through its descriptor (no path race)."""
     os.mkfifo(parked, 0o600)
     try:
         fd = os.open(parked, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(fd, like.st_uid, like.st_gid)
+                try:
+                    os.fchown(fd, like.st_uid, like.st_gid)
+                except PermissionError:
+                    raise PermissionError(
+                        errno.EPERM,
+                        f"the FIFO belongs to uid {like.st_uid} gid {like.st_gid}, and only root may give a new "
+                        "FIFO to another user or a group it is not in",
+                    ) from None
             os.fchmod(fd, stat.S_IMODE(like.st_mode))
+            _copy_acls(like_fd, fd)
         finally:
             os.close(fd)  # before the swap: the stand-in must have no reader, so writers wait instead of writing
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(parked)
         raise
+
+
+def _copy_acls(source_fd: int, target_fd: int) -> None:
+    """Give target the POSIX ACLs of source, so the writers an ACL admits meet the same rights on the stand-in."""
+    try:
+        names = os.listxattr(source_fd)
+    except OSError:
+        return  # a file system without extended attributes has no ACLs either
+    for name in names:
+        if name.startswith("system.posix_acl"):
+            os.setxattr(target_fd, name, os.getxattr(source_fd, name))

@@ -268,6 +268,13 @@ class JournaledSource:
         self._splice_waiting()
         self.reader.open_door()  # a FIFO that writers still hold goes back to the path: take in once more
         self._splice_waiting()
+        left = self.reader.waiting()
+        if left:
+            log.warning(
+                "%d bytes stay in the pipe at the stop, the journal being full: a writer that keeps the FIFO open "
+                "hands them to the next collector, one that closes it loses them",
+                left,
+            )
         while self.reader.retiring and self.journal.room():
             before = self.taken
             self._take_retired()

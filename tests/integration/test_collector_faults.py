@@ -145,6 +145,7 @@ class TestSigtermWithOpenWriteCloseWriters:
             )
             for k in range(WRITERS)
         ]
+        inode = os.lstat(fifo_path).st_ino
         try:
             time.sleep(WRITE_BEFORE_SIGTERM_S)
             status = handle.stop(timeout=60)
@@ -163,9 +164,31 @@ class TestSigtermWithOpenWriteCloseWriters:
         # final read still lost the writes that landed between the two (2 of 55,144 once). With the stand-in FIFO
         # at the path, the stop reads until the last writer that has the FIFO open is done: none.
         assert not lost, f"{len(lost)} of {len(written)} successful writes lost: {sorted(lost)[:10]}"
-        assert stat.S_ISFIFO(os.lstat(fifo_path).st_mode)
-        assert not stand_in_path(fifo_path).exists()
+        assert os.lstat(fifo_path).st_ino == inode  # the same FIFO is back at the path
+        assert stat.S_ISFIFO(os.lstat(stand_in_path(fifo_path)).st_mode)  # the stand-in waits for the next start
         assert len(landed) == len(set(landed))
+
+
+class TestStopWithTheDatabaseDown:
+    """Without a journal and with the database down, a stop does not read lines it could only give up."""
+
+    def test_no_wait_for_writers_when_nothing_can_be_stored(self, fifo_path, collector):
+        """The pipe keeps what a writer holding the FIFO wrote, for the next collector; the stop takes no stand-in."""
+        handle = collector(fifo_path, "postgresql://nobody@/none?host=/nonexistent&connect_timeout=1")
+        writer = os.open(fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(writer, event_lines("down", 50))
+            handle.wait_for_log("unreachable", 20)
+            os.write(writer, event_lines("down", 50, start=50))
+            started = time.monotonic()
+            status = handle.stop(timeout=30)
+            took = time.monotonic() - started
+        finally:
+            os.close(writer)
+        text = handle.log()
+        assert status == 4, text
+        assert took < SIGTERM_BOUND_S, text
+        assert not stand_in_path(fifo_path).exists(), text
 
 
 class TestStatementTimeout:

@@ -146,6 +146,10 @@ class MemorySink:
             self._committed = batch.end_offset
 
     @property
+    def taking(self) -> bool:
+        return True
+
+    @property
     def has_room(self) -> bool:
         return self.room
 

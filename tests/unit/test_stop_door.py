@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import threading
 from pathlib import Path
 
@@ -14,6 +15,19 @@ from reference.collector.reader import FifoReader, stand_in_path
 from reference.fifo import exchange_paths
 
 MODE = 0o620
+ACL_XATTR = "system.posix_acl_access"
+# The kernel's binary ACL: version 2, then (tag, permissions, id) entries: user::rw-, user:nobody:-w-, group::---,
+# mask::-w-, other::---.
+WRITE_ACL_FOR_NOBODY = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perms, ident)
+    for tag, perms, ident in [
+        (0x01, 6, 0xFFFFFFFF),
+        (0x02, 2, 65534),
+        (0x04, 0, 0xFFFFFFFF),
+        (0x10, 2, 0xFFFFFFFF),
+        (0x20, 0, 0xFFFFFFFF),
+    ]
+)
 
 
 @pytest.fixture
@@ -94,15 +108,44 @@ class TestCloseDoor:
                 os.close(writer)
             reader.close()
 
-    def test_drained_fifo_is_removed_and_the_stand_in_stays(self, fifo):
-        """A clean stop leaves one FIFO at the path (the stand-in) and nothing beside it."""
+    def test_a_clean_stop_puts_the_same_fifo_back(self, fifo):
+        """The FIFO's inode is back at the path (hard links, bind mounts, ACLs keep working), the stand-in beside
+        it until the next collector reads it to the end and removes it."""
         reader = FifoReader(fifo, mode=MODE)
+        original = inode(fifo)
         assert reader.close_door()
-        stand_in = inode(fifo)
         assert reader.writers_gone()
+        reader.open_door()
         reader.close()
-        assert inode(fifo) == stand_in
-        assert not stand_in_path(fifo).exists()
+        assert inode(fifo) == original
+        assert stand_in_path(fifo).exists()
+        with pytest.raises(OSError, match="No such device or address"):
+            open_writer(fifo)  # no reader: writers wait for the next collector
+        nxt = FifoReader(fifo, mode=MODE)
+        try:
+            assert nxt.read(0.1) == b""
+            assert not stand_in_path(fifo).exists()
+        finally:
+            nxt.close()
+
+    def test_acls_are_copied_to_the_stand_in(self, fifo):
+        """A writer an ACL admits meets the same rights on the stand-in during the stop."""
+        reader = FifoReader(fifo, mode=MODE)
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            try:
+                os.setxattr(fd, ACL_XATTR, WRITE_ACL_FOR_NOBODY)
+            except OSError as exc:
+                pytest.skip(f"no POSIX ACLs on this file system: {exc.strerror}")
+            assert reader.close_door()
+            stand_in = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                assert os.getxattr(stand_in, ACL_XATTR) == WRITE_ACL_FOR_NOBODY
+            finally:
+                os.close(stand_in)
+        finally:
+            os.close(fd)
+            reader.close()
 
     def test_writers_that_stay_get_the_fifo_back_and_keep_their_bytes(self, fifo):
         """Past the wait, a FIFO a writer still holds goes back to the path: what it wrote after the final read
@@ -122,7 +165,8 @@ class TestCloseDoor:
                 os.write(writer, b"too late\n")
             nxt = FifoReader(fifo, mode=MODE)
             try:
-                assert not stand_in_path(fifo).exists()  # the next collector took it over
+                assert nxt.read(0.1) == b""
+                assert not stand_in_path(fifo).exists()  # the next collector read it to the end
                 assert inode(fifo) == original
             finally:
                 nxt.close()
@@ -180,6 +224,33 @@ class TestCloseDoor:
         finally:
             os.close(holder)
             thread.join(5)
+
+    def test_a_failed_start_leaves_the_stand_in_and_its_bytes(self, fifo):
+        """A start that fails after taking the stand-in over does not remove it: its writer's bytes are read later."""
+        parked = stand_in_path(fifo)
+        os.mkfifo(parked, MODE)
+        holder = os.open(parked, os.O_RDONLY | os.O_NONBLOCK)
+        writer = open_writer(str(parked))
+        os.write(writer, b"written during the last stop\n")
+        os.close(holder)  # the bytes live on while the writer keeps it open
+        Path(fifo).write_text("not a FIFO")
+        try:
+            with pytest.raises(FileExistsError, match="not a FIFO"):
+                FifoReader(fifo, mode=MODE)
+            assert parked.exists()
+            os.unlink(fifo)
+            reader = FifoReader(fifo, mode=MODE)
+            try:
+                assert reader.read(0.1) == b"written during the last stop\n"
+                os.close(writer)
+                writer = -1
+                assert reader.read(0.1) == b""
+                assert not parked.exists()  # read to the end: removed
+            finally:
+                reader.close()
+        finally:
+            if writer >= 0:
+                os.close(writer)
 
     def test_door_cannot_close_on_a_removed_fifo_path_but_eof_still_comes(self, fifo):
         """A FIFO removed from its path is reached by no new writer: the wait ends when its writers are gone."""
