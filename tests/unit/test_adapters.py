@@ -222,6 +222,14 @@ class TestReport:
         assert exit_text(0) == "exit status 0"
         assert exit_text(4) == "exit status 4"
 
+    def test_the_reference_collector_explains_its_statuses(self):
+        """4 and 3 name their cause for the reference collector; another command's statuses stay bare."""
+        assert "not stored" in Reference().exit_meaning(4)
+        assert "refused the writes" in Reference().exit_meaning(3)
+        assert Reference().exit_meaning(0) == ""
+        assert Reference("my-collector {fifo}").exit_meaning(4) == ""
+        assert exit_text(4, "why") == "exit status 4 (why)"
+
     def test_a_failed_run_shows_the_log_tail_and_path(self):
         """FAIL: the path and the last lines; PASS: neither."""
         report = {
