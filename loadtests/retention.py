@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
+
+from loadtests.window import CLOCK_SKEW_MARGIN, WHOLE_TABLE_SESSION_SQL, WINDOW_SESSION_SQL
 
 log = logging.getLogger("namedpiper")
 
@@ -13,10 +15,6 @@ RUNS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS namedpiper_runs (
     run_id text PRIMARY KEY, started_at timestamptz NOT NULL, ended_at timestamptz NOT NULL
 )"""
-# Event times are stamped by the writers' clocks when a line is generated; a minute either side of the run's
-# window covers clock skew between the harness and the database server and lines generated before the start.
-WINDOW_MARGIN = timedelta(minutes=1)
-
 
 def record_and_prune(conn, run_id: str, started_at: datetime, ended_at: datetime, keep: int) -> list[str]:
     """Record this run, delete the rows of runs older than the keep most recent; return the pruned run ids."""
@@ -32,8 +30,10 @@ def record_and_prune(conn, run_id: str, started_at: datetime, ended_at: datetime
             "SELECT run_id, started_at, ended_at FROM namedpiper_runs ORDER BY started_at DESC OFFSET %s", (keep,)
         )
         old = cur.fetchall()
+        cur.execute(WINDOW_SESSION_SQL)  # each run's rows through the time index (loadtests/window.py)
         for old_id, started, ended in old:
-            low, high = started - WINDOW_MARGIN, ended + WINDOW_MARGIN
+            # Event times are the writers' clocks: the verdict's margin (loadtests/window.py) on both sides.
+            low, high = started - CLOCK_SKEW_MARGIN, ended + CLOCK_SKEW_MARGIN
             cur.execute(
                 "DELETE FROM logs WHERE time BETWEEN %s AND %s AND data->'_np'->>'run' = %s", (low, high, old_id)
             )
@@ -44,4 +44,5 @@ def record_and_prune(conn, run_id: str, started_at: datetime, ended_at: datetime
             log.info(
                 "run %s: deleted %d rows and %d rejected lines (--keep-runs %d)", old_id, landed, cur.rowcount, keep
             )
+        cur.execute(WHOLE_TABLE_SESSION_SQL)
         return [old_id for old_id, _, _ in old]

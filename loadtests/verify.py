@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import orjson
 import psycopg2
 
 from loadtests.fifo_client import SourceCounts
+from loadtests.window import (
+    CLOCK_SKEW_MARGIN,
+    REJECTED_WINDOW_SQL,
+    WHOLE_TABLE_SESSION_SQL,
+    WINDOW_SESSION_SQL,
+    scoped,
+)
 from reference.events import TIME_FORMAT_LENGTH
+
+log = logging.getLogger("namedpiper")
 
 # Per source: rows, distinct seqs, and rows out of order: committed in a later transaction than a row of
 # the same source with a higher seq. The heap order (ctid) is no arrival order (COPY fills free space
 # anywhere), but a collector's transactions are: xmin orders its batches.
+# Every query over logs is scoped to the run's time window ({window}, loadtests/window.py) before it filters by
+# run id: the time index finds the run's rows among millions of earlier runs' instead of a scan of every row.
 # A row is intact when data._np.chk matches its content (see reference/events.py): a torn line that still
 # parsed as JSON fails here. Rows without a chk (written by something else) cannot be checked: intact.
 INTACT_SQL = """coalesce((left(trace_id, 6) || '-' || left(md5(concat_ws('|', application_name, environment_name,
@@ -23,7 +36,7 @@ PER_SOURCE_SQL = """
 WITH run AS (
     SELECT data->'_np'->>'src' AS src, (data->'_np'->>'seq')::bigint AS seq, xmin::text::bigint AS tx,
            {intact} AS intact
-    FROM logs WHERE data->'_np'->>'run' = %(run)s
+    FROM logs WHERE {window} AND data->'_np'->>'run' = %(run)s
 ), ordered AS (
     SELECT src, seq, intact, max(seq) FILTER (WHERE intact) OVER (
                PARTITION BY src ORDER BY tx RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS seen_before
@@ -42,18 +55,23 @@ REJECTED_SQL = """
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE reason LIKE 'fragment%%' OR reason LIKE 'unfinished%%') AS no_newline,
        coalesce(sum({length}), 0)::bigint AS raw_bytes
-FROM logs_rejected WHERE received_at >= %(since)s
-"""
+FROM logs_rejected WHERE {rejected_window}
+""".replace("{rejected_window}", REJECTED_WINDOW_SQL)
 HAS_RAW_LENGTH_SQL = """
 SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('logs_rejected')
                AND attname = 'raw_length' AND NOT attisdropped)
 """
-LANDED_COUNT_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s"
-REJECTED_COUNT_SQL = "SELECT count(*) FROM logs_rejected WHERE received_at >= %(since)s"
+# While draining, the count inside the window is the progress: a row stamped outside it (a writer's clock off by
+# more than the margin) only makes the drain end by --drain-quiet instead of by count; the verdict still finds it.
+LANDED_COUNT_TEMPLATE = "SELECT count(*) FROM logs WHERE {window} AND data->'_np'->>'run' = %(run)s"
+LANDED_COUNT_SQL = scoped(LANDED_COUNT_TEMPLATE)
+REJECTED_COUNT_SQL = "SELECT count(*) FROM logs_rejected WHERE {rejected_window}".replace(
+    "{rejected_window}", REJECTED_WINDOW_SQL
+)
 LANDED_SEQS_SQL = """
 SELECT data->'_np'->>'src', (data->'_np'->>'seq')::bigint, {intact},
        application_name, environment_name, log_event, trace_id, file_path, host_ip, data
-FROM logs WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
+FROM logs WHERE {window} AND data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' = ANY(%(sources)s)
 """.replace("{intact}", INTACT_SQL)
 # The generator writes time as "2026-11-28T05:30:00.123456+00:00": the same length in every line.
 TIME_TEXT_BYTES = TIME_FORMAT_LENGTH
@@ -117,6 +135,8 @@ class Totals:
     lost: int = 0
     # None unless --account-bytes recorded the big lines' sizes.
     bytes: ByteAccount | None = None
+    # True when the run's rows were counted over the whole table, not its time window (see window_incomplete).
+    whole_table: bool = False
 
 
 def source_order(source: str) -> tuple:
@@ -131,33 +151,59 @@ def connect(dsn: str):
     return conn
 
 
-def landed_count(dsn: str, run_id: str, since) -> tuple[int, int]:
-    """(rows of the run in logs, rejected lines since the run started): polled while draining."""
+def landed_count(dsn: str, run_id: str, since: datetime, margin: timedelta = CLOCK_SKEW_MARGIN) -> tuple[int, int]:
+    """(rows of the run in its time window, rejected lines since the run started): polled while draining."""
     with connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(LANDED_COUNT_SQL, {"run": run_id})
+        cur.execute(WINDOW_SESSION_SQL)
+        cur.execute(LANDED_COUNT_SQL, {"run": run_id, "since": since, "margin": margin})
         landed = cur.fetchone()[0]
         cur.execute(REJECTED_COUNT_SQL, {"since": since})
         return landed, cur.fetchone()[0]
 
 
-def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts]) -> tuple[list[SourceResult], Totals]:
-    """Compare what each source sent with what the database holds; return per-source results and totals."""
-    results = {
-        src: SourceResult(src, c.generated, c.sent, c.dropped, c.interrupted, c.bad_sent) for src, c in counts.items()
-    }
+def window_incomplete(results: Mapping[str, SourceResult]) -> bool:
+    """Whether rows of the run may lie outside its time window, so that only the whole table gives exact numbers.
+
+    A copy of a line (a journal replay, a retried batch) carries the line's bytes, hence its time: when every
+    line a source put into the pipe is found in the window, its copies are there too. What can lie outside is a
+    line from a writer whose clock is off by more than the margin, which then is missing here, and a corrupt row:
+    a tear inside two time stamps splices their digits ("T09:5" of 09:59:59 and "0:01" of 10:00:01 read 09:50:01),
+    and a tear across an hour, a day or a year boundary lands hours to a year away. The lines it tore are
+    missing too; any corrupt row in the window says a tear happened, so both send the run to the whole table.
+    """
+    return any(r.corrupt or r.landed < r.generated - r.dropped - r.interrupted for r in results.values())
+
+
+def verify_run(
+    dsn: str,
+    run_id: str,
+    since: datetime,
+    counts: Mapping[str, SourceCounts],
+    margin: timedelta = CLOCK_SKEW_MARGIN,
+) -> tuple[list[SourceResult], Totals]:
+    """Compare what each source sent with what the database holds; return per-source results and totals.
+
+    The rows are looked for in the run's time window first (the time index); when that leaves a line unaccounted
+    for, once more over the whole table, so the numbers are exact either way (window_incomplete says when).
+    """
+    params = {"run": run_id, "since": since, "margin": margin}
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute(PER_SOURCE_SQL, {"run": run_id})
-            for src, rows, distinct, out_of_order, corrupt in cur.fetchall():
-                r = results.setdefault(src, SourceResult(src, 0, 0, 0, 0))
-                r.rows, r.landed, r.out_of_order, r.corrupt = rows, distinct, out_of_order, corrupt
-                r.duplicated = rows - distinct
+            results = _per_source(cur, params, counts, whole_table=False)
+            whole_table = window_incomplete(results)
+            if whole_table:
+                log.info(
+                    "run %s: not every line sent was found intact in the run's time window: verifying over the "
+                    "whole table (a scan of every row: slow on a big database)",
+                    run_id,
+                )
+                results = _per_source(cur, params, counts, whole_table=True)
             cur.execute(HAS_RAW_LENGTH_SQL)
             length = "coalesce(raw_length, octet_length(raw))" if cur.fetchone()[0] else "octet_length(raw)"
             cur.execute(REJECTED_SQL.replace("{length}", length), {"since": since})
             rejected, no_newline, rejected_bytes = cur.fetchone()
-            landed_bytes, corrupt_bytes = _landed_big_bytes(cur, run_id, counts)
+            landed_bytes, corrupt_bytes = _landed_big_bytes(cur, params, counts, whole_table)
     finally:
         conn.close()
     ordered = sorted(results.values(), key=lambda r: source_order(r.source))
@@ -173,6 +219,7 @@ def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts])
         missing=sum(r.missing for r in ordered),
         rejected=rejected,
         bad_sent=sum(r.bad_sent for r in ordered),
+        whole_table=whole_table,
     )
     # Each hostile line sent on purpose is one rejected line: those explain no missing good line.
     totals.unexplained_rejections = max(0, rejected - totals.bad_sent)
@@ -197,18 +244,37 @@ def verify_run(dsn: str, run_id: str, since, counts: Mapping[str, SourceCounts])
     return ordered, totals
 
 
+def _per_source(
+    cur, params: Mapping[str, object], counts: Mapping[str, SourceCounts], whole_table: bool
+) -> dict[str, SourceResult]:
+    """Each source's counters with what PER_SOURCE_SQL found of its rows (in the window, or in the whole table)."""
+    results = {
+        src: SourceResult(src, c.generated, c.sent, c.dropped, c.interrupted, c.bad_sent) for src, c in counts.items()
+    }
+    cur.execute(WHOLE_TABLE_SESSION_SQL if whole_table else WINDOW_SESSION_SQL)
+    cur.execute(scoped(PER_SOURCE_SQL, whole_table), params)
+    for src, rows, distinct, out_of_order, corrupt in cur.fetchall():
+        r = results.setdefault(src, SourceResult(src, 0, 0, 0, 0))
+        r.rows, r.landed, r.out_of_order, r.corrupt = rows, distinct, out_of_order, corrupt
+        r.duplicated = rows - distinct
+    return results
+
+
 def _lines_explained_by_rejections(rejected: int, unexplained: int) -> int:
     # Tearing merges or splits lines: each rejected row stands for at least one missing line and, when two
     # writers interleave, for up to two. Without byte accounting this is the honest upper bound.
     return min(unexplained, 2 * rejected)
 
 
-def _landed_big_bytes(cur, run_id: str, counts: Mapping[str, SourceCounts]) -> tuple[int, int]:
+def _landed_big_bytes(
+    cur, params: Mapping[str, object], counts: Mapping[str, SourceCounts], whole_table: bool
+) -> tuple[int, int]:
     """(bytes of the big lines that landed, of which in corrupt rows): recorded sizes, re-encoded for corrupt rows."""
     sizes = {(src, seq): length for src, c in counts.items() for seq, length in c.big_lines}
     if not sizes:
         return 0, 0
-    cur.execute(LANDED_SEQS_SQL, {"run": run_id, "sources": sorted({src for src, _ in sizes})})
+    cur.execute(WHOLE_TABLE_SESSION_SQL if whole_table else WINDOW_SESSION_SQL)
+    cur.execute(scoped(LANDED_SEQS_SQL, whole_table), {**params, "sources": sorted({src for src, _ in sizes})})
     total = corrupt = 0
     for src, seq, intact, *fields, data in cur.fetchall():
         if intact:

@@ -8,12 +8,14 @@ import secrets
 import shlex
 import subprocess
 import time
+from datetime import UTC, datetime
 
 import orjson
 import psycopg2
 
 from loadtests.adapters.base import Adapter, Context
 from loadtests.collector_process import CollectorError, CollectorProcess, has_reader
+from loadtests.window import CLOCK_SKEW_MARGIN
 
 STRATEGIES = ("fifo", "probe", "sql:CONDITION", "cmd:COMMAND", "cmd")
 # A started collector gets this long to become ready (syslog-ng connects to the database in about 1 s).
@@ -27,7 +29,9 @@ PROBE_RESEND_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
 # Probe rows carry this prefix as their run id, so no verdict ever counts them as a run's lines.
 PROBE_RUN_PREFIX = "probe-"
-PROBE_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %s"
+# Probe rows carry the harness's own time stamps: looked for from the wait's start (less the margin, for a clock
+# that steps back) through the time index, not by a scan of every row on each poll.
+PROBE_SQL = "SELECT count(*) FROM logs WHERE time >= %s AND data->'_np'->>'run' = %s"
 
 
 def check_strategy(text: str) -> str:
@@ -98,6 +102,7 @@ def wait_ready(
         proc.wait_until(lambda: has_reader(ctx.fifo), f"opening {ctx.fifo}", timeout)
     elif strategy == "probe":
         run_id = PROBE_RUN_PREFIX + secrets.token_hex(4)
+        since = datetime.now(UTC) - CLOCK_SKEW_MARGIN
         last_write = [float("-inf")]
 
         def seen() -> bool:
@@ -105,7 +110,7 @@ def wait_ready(
                 if _write_probe(ctx.fifo, probe_line(run_id)):
                     last_write[0] = time.monotonic()
                 return False
-            return _sql_true(ctx.dsn, PROBE_SQL, (run_id,))
+            return _sql_true(ctx.dsn, PROBE_SQL, (since, run_id))
 
         proc.wait_until(
             seen,

@@ -29,6 +29,8 @@ from loadtests.bench.pipes import measure_fifo
 from loadtests.bench.profile import PROFILE_CODE, profile_collector
 from loadtests.bench.report import LATENCY_RATE, check_targets, derive, render_table
 from loadtests.bench.server import Server
+from loadtests.bench.verify_scale import add_arguments as add_verify_arguments
+from loadtests.bench.verify_scale import measure_verify, render_verify
 from loadtests.database import DatabaseUnavailableError
 from reference import VERSION_TEXT
 from reference.fifo import PIPE_BUF
@@ -37,7 +39,7 @@ from reference.sizes import SIZE_CLASSES
 log = logging.getLogger("namedpiper.bench")
 
 SIZES = ("small", "medium", "pipe_buf")
-PARTS = ("factory", "copy", "collector", "independent", "naive", "latency", "fifo", "emitter", "locust")
+PARTS = ("factory", "copy", "collector", "independent", "naive", "latency", "fifo", "emitter", "locust", "verify")
 # What each part after the data set runs, in the order of PARTS; factory (and parse) run even if skipped: every
 # other part needs the data set.
 MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
@@ -49,6 +51,7 @@ MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
     "fifo": measure_fifo,
     "emitter": measure_emitter,
     "locust": measure_locust,
+    "verify": measure_verify,
 }
 # 200,000 small lines are ~85 MB and a few seconds of collector time: long enough that start-up and the last
 # partial batch are under 5 % of the run, short enough for the whole benchmark to stay under 3 minutes.
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(pyinstrument must be installed; it is not a dependency)",
     )
     p.add_argument("--profile-top", type=int, default=8, help="entries of the profile shown (default 8)")
+    add_verify_arguments(p)
     return p
 
 
@@ -193,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         args.locust_seconds,
         workdir,
         tuple(args.collector_arg),
+        verify_rows=args.verify_rows,
+        verify_other_rows=args.verify_other_rows,
     )
     load_before = os.getloadavg()
     started = time.monotonic()
-    needs_db = bool({"copy", "collector", "independent", "naive", "latency", "locust"} - skip) or args.profile
+    needs_db = bool({"copy", "collector", "independent", "naive", "latency", "locust", "verify"} - skip) or args.profile
     server = Server(args.dsn) if needs_db else None
     version = None
     profile = None
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s"
     )
     _say(render_table(metrics, checks, title=title, latency_rate=args.latency_rate))
+    if "verify" in bench.details:
+        _say(render_verify(bench))
     for name, error in bench.errors.items():
         _say(f"ERROR {name}: {error}")
     if profile is not None:

@@ -48,6 +48,9 @@ class Bench:
     locust_seconds: int
     workdir: Path
     collector_args: tuple[str, ...] = ()
+    # The verify part (loadtests/bench/verify_scale.py): rows of the run verified, rows of earlier runs beside it.
+    verify_rows: int = 1_000_000
+    verify_other_rows: int = 10_000_000
     server: Server | None = None
     data: list[bytes] = field(default_factory=list)
     rows: list[bytes] = field(default_factory=list)
