@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"skip a part; repeat or separate with commas: {', '.join(PARTS)}",
     )
     p.add_argument(
+        "--with-verify",
+        action="store_true",
+        help="also run the verify part (verification among earlier runs: about 15 minutes and 6 GB of disk at its "
+        "default size, so it runs only when asked)",
+    )
+    p.add_argument(
         "--latency-rate",
         type=int,
         default=LATENCY_RATE,
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench %(asctime)s %(message)s", stream=sys.stderr)
     try:
-        skip = parse_skip(args.skip)
+        skip = parse_skip(args.skip) | (set() if args.with_verify else {"verify"})
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
