@@ -224,6 +224,10 @@ def _canonical_rows(lines: list[bytes]) -> list[bytes] | None:
     block = b"\n".join(lines)
     if b"\\" in block or max(map(len, lines)) > NESTING_CHECK_LENGTH:
         return None  # escapes, or data long enough to need the nesting check
+    if b"\t" in block or b"\r" in block:
+        # Only whitespace between data's tokens can be a raw tab or CR here (JSON strings cannot hold them, and the
+        # re-encode below does not look inside data): the row must carry them escaped, as the exact path does.
+        return None
     try:
         array = b"[" + block.replace(b"\n", b",") + b"]"
         events = _EVENTS.decode(array)

@@ -119,6 +119,17 @@ class TestSameAsLineByLine:
         ]
         assert at_once(raws) == one_by_one(raws)
 
+    def test_whitespace_inside_data(self):
+        """A tab, CR or space between data's tokens (legal JSON) is escaped in the row as line by line, never raw."""
+        base = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":'
+        )
+        for space in (b"\t", b"\r", b" ", b"\t\r "):
+            raws = [base + b"{" + space + b'"x":' + space + b"1" + space + b"}}", base + b"{}}"]
+            assert at_once(raws) == one_by_one(raws)
+            assert all(row.count(b"\t") == len(COLUMNS) - 1 for row in at_once(raws)[0])
+
     def test_empty_read(self):
         """No lines, nothing out."""
         assert parse_lines([]) == ([], [])
