@@ -28,6 +28,7 @@ ROWS = (
     Row("collector_peak_rss_mib", "collector peak RSS (VmHWM)", "MiB", 1),
     Row("collector_cpu_us_per_row", "collector CPU per row, all threads", "us/row", 1),
     Row("collector_main_cpu_us_per_row", "  of which the main thread (read, split, parse)", "us/row", 1),
+    Row("collector_startup_cpu_ms", "collector start-up CPU (not in the rows above)", "ms"),
     Row("latency_p50_ms", "emit-to-visible p50 at {rate:,} lines/s", "ms"),
     Row("latency_p99_ms", "emit-to-visible p99 at {rate:,} lines/s", "ms"),
     Row("parse_us_per_line", "parse_line alone, CPU, one process (best of 5)", "us/line", 2),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from reference.collector.journal import DEFAULT_MAX_BYTES
@@ -15,7 +14,7 @@ from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.sink import Sink, SinkRefused
 from reference.collector.source import Chunk, Source
 from reference.collector.stop import StopRequest
-from reference.collector.validate import parse_lines
+from reference.collector.validate import parse_block, parse_lines
 from reference.collector.writer import STOP_GRACE_S
 from reference.fifo import DEFAULT_FIFO_MODE
 from reference.sizes import MAX_LINE_BYTES
@@ -50,10 +49,6 @@ REJECT_KEEP_BYTES = 64 * 1024
 # counts objects, not bytes: 200 garbage lines of 1 MiB peaked at 137 MiB RSS without this, 10 MiB-ish cycles
 # at a time. A young-generation collection costs microseconds, once per read.
 LARGE_REJECTION_BYTES = 64 * 1024
-
-# parse_lines's contract: a read's lines in, (COPY rows, rejections with .reason and .raw) out.
-LinesParser = Callable[[list[bytes]], tuple[list[bytes], list]]
-
 
 @dataclass(frozen=True)
 class CollectorConfig:
@@ -95,14 +90,12 @@ class Collector:
         source: Source,
         sink: Sink,
         stop: StopRequest | None = None,
-        parse: LinesParser = parse_lines,
     ) -> None:
         self.config = config
         self.limits = config.limits
         self.source = source
         self.sink = sink
         self.stop = stop or StopRequest()
-        self.parse = parse
         self.lines_read = 0
         self.splitter = LineSplitter(config.max_line_bytes)
         self.batch = Batch()
@@ -232,18 +225,24 @@ class Collector:
         batch = self.batch
         if chunk.end is not None and batch.start_offset is None:
             batch.start_offset = self.batch_start_offset
-        lines, oversized = self.splitter.feed(chunk.data)
-        for too_long in oversized:
-            self._reject_partial(too_long)
-        rows, rejections = self.parse(lines)
+        whole = self.splitter.feed_block(chunk.data)
+        if whole is not None:
+            block, read = whole
+            rows, rejections = parse_block(block, read) if read else ([], [])
+        else:
+            lines, oversized = self.splitter.feed(chunk.data)
+            for too_long in oversized:
+                self._reject_partial(too_long)
+            rows, rejections = parse_lines(lines)
+            read = len(lines) + len(oversized)
         batch.add_rows(rows)
         keep = self.config.reject_keep_bytes
         large_rejections = False
         for rejected in rejections:
             batch.add_rejection(Rejection.of(rejected.reason, rejected.raw, keep))
             large_rejections = large_rejections or len(rejected.raw) >= LARGE_REJECTION_BYTES
-        self.lines_read += len(lines) + len(oversized)
-        batch.lines += len(lines) + len(oversized)
+        self.lines_read += read
+        batch.lines += read
         if large_rejections:
             del rejections
             gc.collect(1)

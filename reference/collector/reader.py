@@ -250,8 +250,12 @@ class FifoReader:
         retired = self.take_retired(aligned=self._primary_aligned)
         if retired or self.fd < 0:
             return retired
+        # Ask for what the pipe holds (FIONREAD), not READ_CHUNK_BYTES: os.read allocates the size asked for, and
+        # 1 MiB is served by mmap, faulted in, shrunk (mremap) and unmapped on every read. Reading a full 64 KiB
+        # pipe cost 119 us of CPU that way and 54 us with the size asked for (one ioctl more), 0.8 -> 0.36 us a
+        # 430-byte line.
         try:
-            chunk = os.read(self.fd, READ_CHUNK_BYTES)
+            chunk = os.read(self.fd, min(max(bytes_waiting(self.fd), 1), READ_CHUNK_BYTES))
         except BlockingIOError:
             return b""
         if chunk:

@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reference.collector.lines import REJECTED_PREFIX_BYTES, LineSplitter, Oversized
 
@@ -252,3 +254,59 @@ class TestTakePartial:
         splitter.feed(b"stale")
         splitter.take_partial()
         assert splitter.feed(b"fresh\n") == ([b"fresh"], [])
+
+
+def feed_mixed(
+    splitter: LineSplitter, chunks: list[bytes], use_block: list[bool]
+) -> tuple[list[bytes], list[Oversized]]:
+    """Feed every chunk, through feed_block where asked and it takes the chunk, else through feed."""
+    lines: list[bytes] = []
+    oversized: list[Oversized] = []
+    for chunk, block in zip(chunks, use_block, strict=True):
+        whole = splitter.feed_block(chunk) if block else None
+        if whole is None:
+            got, big = splitter.feed(chunk)
+            lines += got
+            oversized += big
+        else:
+            joined, count = whole
+            got = joined.split(b"\n") if count else []
+            assert len(got) == count
+            lines += got
+    return lines, oversized
+
+
+class TestFeedBlock:
+    """feed_block hands over the same lines as feed, still joined, and declines whenever a line may be too long."""
+
+    @given(
+        st.lists(st.binary(max_size=LIMIT + 200).map(lambda b: b.replace(b"\n", b"x")), max_size=12),
+        st.lists(st.integers(0, 20_000), max_size=10),
+        st.lists(st.booleans(), min_size=11, max_size=11),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_same_as_feed(self, lines: list[bytes], positions: list[int], use_block: list[bool]):
+        """Any lines (some over the limit), cut anywhere, fed either way: the same lines, over-long ones and tail."""
+        data = b"".join(line + b"\n" for line in lines) + b"tail"
+        chunks = cut(data, [p % (len(data) + 1) for p in positions])
+        plain, mixed = LineSplitter(LIMIT), LineSplitter(LIMIT)
+        want = feed_all(plain, chunks)
+        got = feed_mixed(mixed, chunks, use_block[: len(chunks)])
+        assert got[0] == want[0]
+        assert [(o.length, o.prefix, o.complete) for o in got[1]] == [(o.length, o.prefix, o.complete) for o in want[1]]
+        assert mixed.pending == plain.pending
+        partial_a, partial_b = mixed.take_partial(), plain.take_partial()
+        assert type(partial_a) is type(partial_b)
+        if isinstance(partial_a, bytes):
+            assert partial_a == partial_b
+
+    def test_declines_past_the_limit(self):
+        """A chunk that with the held tail exceeds the limit, or arrives while an over-long line is skipped: None."""
+        splitter = LineSplitter(LIMIT)
+        assert splitter.feed_block(b"a" * 600) == (b"", 0)
+        assert splitter.feed_block(b"b" * 401 + b"\n") is None
+        assert splitter.feed(b"b" * 401 + b"\n")[1][0].length == 1001
+        assert splitter.feed_block(b"a" * 2000) is None
+        assert splitter.feed(b"a" * 2000 + b"\n")[1][0].length == 2000
+        assert splitter.feed_block(b"a\nb\nc") == (b"a\nb", 2)
+        assert splitter.pending == 1

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import Line, Style, encode, json_values, keys, lines, stamps, texts
 
-from reference.collector.validate import parse_line, parse_lines
+from reference.collector.validate import _STAMP_LINES, _stamps_plain, parse_block, parse_line, parse_lines
 from reference.contract import COLUMNS
 
 SOME = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -24,8 +24,10 @@ def one_by_one(raws: list[bytes]) -> tuple[list[bytes], list[tuple[str, bytes]]]
 
 
 def at_once(raws: list[bytes]) -> tuple[list[bytes], list[tuple[str, bytes]]]:
-    """What parse_lines gives for the same lines, in the same form."""
+    """What parse_lines gives for the same lines, in the same form; parse_block on them joined must agree."""
     rows, rejections = parse_lines(raws)
+    if raws and not any(b"\n" in raw for raw in raws):
+        assert parse_block(b"\n".join(raws), len(raws)) == (rows, rejections)
     return rows, [(r.reason, r.raw) for r in rejections]
 
 
@@ -68,6 +70,41 @@ def reads(draw: st.DrawFn) -> list[bytes]:
     elif kind == "broken":
         good.insert(draw(st.integers(0, len(good))), draw(mutated(draw(st.sampled_from(good)))))
     return good
+
+
+@st.composite
+def stamp_reads(draw: st.DrawFn) -> list[str]:
+    """A read's stamps: one layout with its digits redrawn (years 0000-0009 and 9999 too), now and then another."""
+    base = draw(stamps())
+    digits = st.sampled_from("0123456789")
+    read = []
+    for _ in range(draw(st.integers(1, 8))):
+        if draw(st.integers(0, 5)) == 0:
+            read.append(draw(stamps()))
+        else:
+            read.append("".join(draw(digits) if c.isdigit() and draw(st.booleans()) else c for c in base))
+    return read
+
+
+class TestStampLayouts:
+    """The shortcut for stamps sharing a layout judges a read's stamps as the regex does."""
+
+    @SOME
+    @given(stamp_reads())
+    def test_same_as_the_regex(self, read: list[str]):
+        """Any mix of layouts and digits: the same verdict as _STAMP_LINES on the whole read."""
+        times = "\n".join(read)
+        assert _stamps_plain(times.encode(), len(read)) == (_STAMP_LINES.fullmatch(times) is not None)
+
+    def test_the_layouts_edges(self):
+        """Years the layout does not fix (0000, 0001, 9999) and offset hours past 15 are refused as the regex does."""
+        good = "2026-11-28T05:30:00.123456+05:00"
+        for other in ("0000-11-28T05:30:00.123456+05:00", "0001-11-28T05:30:00.123456+05:00",
+                      "9999-11-28T05:30:00.123456+05:00", "2026-11-28T05:30:00.123456+16:00"):
+            for read in ([good, other], [other, good], [good, good, other]):
+                times = "\n".join(read)
+                assert not _stamps_plain(times.encode(), len(read))
+        assert _stamps_plain(f"{good}\n{good.replace('+05', '+15')}".encode(), 2)
 
 
 class TestSameAsLineByLine:
@@ -118,6 +155,17 @@ class TestSameAsLineByLine:
             b'{"time":"0001-01-01T00:00:00+01:00' + base,
         ]
         assert at_once(raws) == one_by_one(raws)
+
+    def test_whitespace_inside_data(self):
+        """A tab, CR or space between data's tokens (legal JSON) is escaped in the row as line by line, never raw."""
+        base = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":'
+        )
+        for space in (b"\t", b"\r", b" ", b"\t\r "):
+            raws = [base + b"{" + space + b'"x":' + space + b"1" + space + b"}}", base + b"{}}"]
+            assert at_once(raws) == one_by_one(raws)
+            assert all(row.count(b"\t") == len(COLUMNS) - 1 for row in at_once(raws)[0])
 
     def test_empty_read(self):
         """No lines, nothing out."""
