@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS namedpiper_runs (
     run_id text PRIMARY KEY, started_at timestamptz NOT NULL, ended_at timestamptz NOT NULL
 )"""
 
+
 def record_and_prune(conn, run_id: str, started_at: datetime, ended_at: datetime, keep: int) -> list[str]:
     """Record this run, delete the rows of runs older than the keep most recent; return the pruned run ids."""
     with conn.cursor() as cur:

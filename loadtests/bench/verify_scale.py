@@ -71,9 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def fill(
-    cur, count: int, start: datetime, step: timedelta, run: str | None, salt: str, offset: int = 0
-) -> None:
+def fill(cur, count: int, start: datetime, step: timedelta, run: str | None, salt: str, offset: int = 0) -> None:
     """count rows from start, step apart, generated inside PostgreSQL; run None: earlier runs of OTHER_RUN_ROWS.
 
     Row g (from offset) goes to source p0u{g % RUN_SOURCES} with seq g // RUN_SOURCES.
@@ -234,4 +232,3 @@ def render_verify(bench: Bench) -> str:
     lines.append(f"plan among the others: {among['plan']}")
     lines.append(f"plan alone: {alone['plan']}")
     return "\n".join(lines)
-

@@ -50,6 +50,7 @@ REJECT_KEEP_BYTES = 64 * 1024
 # at a time. A young-generation collection costs microseconds, once per read.
 LARGE_REJECTION_BYTES = 64 * 1024
 
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """Settings of one collector run (the main loop reads the batching ones; pipeline.py the rest)."""

@@ -49,8 +49,14 @@ def run_db(dsn):
         cur.execute("SELECT now()")
         now = cur.fetchone()[0]
         since = now - timedelta(seconds=RUN_SECONDS + 1)
-        fill(cur, OTHER_ROWS, since - timedelta(minutes=10, seconds=OTHER_ROWS // 1000), timedelta(milliseconds=1),
-             None, "other")
+        fill(
+            cur,
+            OTHER_ROWS,
+            since - timedelta(minutes=10, seconds=OTHER_ROWS // 1000),
+            timedelta(milliseconds=1),
+            None,
+            "other",
+        )
         fill(cur, RUN_ROWS, since + timedelta(seconds=1), timedelta(seconds=RUN_SECONDS / RUN_ROWS), RUN, "run")
         cur.execute(
             "INSERT INTO logs_rejected (received_at, reason, raw) SELECT %s::timestamptz - g * interval '1 ms', "
@@ -130,8 +136,15 @@ class TestExact:
         """A host stamping an hour in the past: its rows are outside the window, and still counted (whole table)."""
         dsn, since = run_db
         with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
-            fill(cur, 3 * RUN_SOURCES, since - timedelta(hours=1), timedelta(milliseconds=1), RUN, "late",
-                 offset=RUN_ROWS)
+            fill(
+                cur,
+                3 * RUN_SOURCES,
+                since - timedelta(hours=1),
+                timedelta(milliseconds=1),
+                RUN,
+                "late",
+                offset=RUN_ROWS,
+            )
         total = RUN_ROWS + 3 * RUN_SOURCES
         assert landed_count(dsn, RUN, since) == (RUN_ROWS, 0)  # the drain's progress sees the window only
         sources, totals = verify_run(dsn, RUN, since, source_counts(total))

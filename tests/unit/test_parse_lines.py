@@ -99,8 +99,12 @@ class TestStampLayouts:
     def test_the_layouts_edges(self):
         """Years the layout does not fix (0000, 0001, 9999) and offset hours past 15 are refused as the regex does."""
         good = "2026-11-28T05:30:00.123456+05:00"
-        for other in ("0000-11-28T05:30:00.123456+05:00", "0001-11-28T05:30:00.123456+05:00",
-                      "9999-11-28T05:30:00.123456+05:00", "2026-11-28T05:30:00.123456+16:00"):
+        for other in (
+            "0000-11-28T05:30:00.123456+05:00",
+            "0001-11-28T05:30:00.123456+05:00",
+            "9999-11-28T05:30:00.123456+05:00",
+            "2026-11-28T05:30:00.123456+16:00",
+        ):
             for read in ([good, other], [other, good], [good, good, other]):
                 times = "\n".join(read)
                 assert not _stamps_plain(times.encode(), len(read))
