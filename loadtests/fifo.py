@@ -21,6 +21,7 @@ from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 from loadtests import webui
 from loadtests.collector_process import CollectorError
 from loadtests.corpus import BadLine, CorpusError, load_corpus, select
+from loadtests.database import parse_listen
 from loadtests.fifo_client import FifoClient, SourceCounts, WriteGate
 from loadtests.fleet_host import FleetHost, host_id
 from loadtests.interrupt import Interrupt
@@ -67,6 +68,10 @@ def _on_init(environment, **_kw) -> None:
                 "seconds between the timeline's samples, more than 0 (default 1)"
             )
         _hostile_lines(environment.parsed_options)
+        parse_listen(
+            getattr(environment.parsed_options, "db_listen", ""),
+            getattr(environment.parsed_options, "db_listen_allow_remote", False),
+        )
     except ValueError as exc:
         log.error("%s", exc)
         environment.process_exit_code = EXIT_CANNOT_START

@@ -137,6 +137,18 @@ def add_options(parser) -> None:
     # The system under test.
     option("--dsn", default="", help="PostgreSQL DSN; empty: embedded PostgreSQL (.namedpiper/)")
     option(
+        "--db-listen",
+        default="",
+        help="the embedded database also listens on HOST:PORT (TCP, a generated password; for fleet hosts on "
+        "other machines); empty: unix socket only",
+    )
+    option(
+        "--db-listen-allow-remote",
+        action="store_true",
+        default=False,
+        help="let --db-listen take a non-loopback address (the database then faces the network)",
+    )
+    option(
         "--collector-cmd",
         default=DEFAULT_COLLECTOR_CMD,
         help="command that reads {fifo} into {dsn} ({journal}: a folder for it; {python}: this python); "

@@ -17,7 +17,7 @@ from locust.html import get_html_report
 from locust.runners import STATE_MISSING, MasterRunner
 
 from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
-from loadtests.database import Database, DatabaseUnavailableError
+from loadtests.database import Database, DatabaseUnavailableError, parse_listen
 from loadtests.fifo_client import SourceCounts
 from loadtests.fleet_master import Fleet, host_sections, split_unverified
 from loadtests.lifecycle import CollectorError, SystemUnderTest
@@ -66,7 +66,10 @@ class Run:
         # nothing posted to the web UI can change them; only WEB_EDITABLE options are refreshed per run.
         self.options = copy.copy(environment.parsed_options)
         self.interrupt = interrupt
-        self.database = Database(self.options.dsn or None)
+        listen = parse_listen(
+            getattr(self.options, "db_listen", ""), getattr(self.options, "db_listen_allow_remote", False)
+        )
+        self.database = Database(self.options.dsn or None, listen=listen)
         self.database_started = False
         self.sut: SystemUnderTest | None = None
         self.worker_counts: dict[str, dict[str, SourceCounts]] = {}
@@ -221,7 +224,7 @@ class Run:
             self.fleet_collected.clear()
             self.fleet_run = True
             live.np_fleet = True
-            live.np_dsn = self.database.dsn
+            live.np_dsn = self.database.remote_dsn
             live.np_fifo = ""
             live.np_run_id = self.run_id
             self.started = time.monotonic()

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadtests.collector_process import CollectorError
+from loadtests.database import parse_listen, require_password_on_tcp
 from loadtests.fleet import unshare_argv, worker_argv
 from loadtests.fleet_host import OWNER_LOCK, FleetHost, host_id, source_prefixes
 from loadtests.fleet_master import Fleet, host_sections, split_unverified, worker_of_source
@@ -219,3 +220,35 @@ class TestOwnership:
             assert host.owner is False
         finally:
             os.close(fd)
+
+
+class TestDatabaseListen:
+    """--db-listen: off unless given, loopback unless allowed, and TCP always asks for a password."""
+
+    def test_parse_listen(self):
+        """Empty: off; loopback v4/v6 and localhost pass; anything else needs the explicit flag."""
+        assert parse_listen("") is None
+        assert parse_listen("127.0.0.1:55432") == ("127.0.0.1", 55432)
+        assert parse_listen("[::1]:5432") == ("::1", 5432)
+        assert parse_listen("localhost:5432") == ("localhost", 5432)
+        for bad in ("0.0.0.0:5432", "10.1.2.3:5432"):
+            with pytest.raises(ValueError, match="--db-listen-allow-remote"):
+                parse_listen(bad)
+        assert parse_listen("0.0.0.0:5432", allow_remote=True) == ("0.0.0.0", 5432)
+        for bad in ("127.0.0.1", "127.0.0.1:0", "127.0.0.1:x", "db.example:5432"):
+            with pytest.raises(ValueError, match="--db-listen"):
+                parse_listen(bad)
+
+    def test_pg_hba_asks_every_tcp_connection_for_a_password(self, tmp_path):
+        """initdb's trust stays for local (unix) lines only; host lines and the catch-all rules use scram."""
+        hba = tmp_path / "pg_hba.conf"
+        hba.write_text(
+            "# comment trust\nlocal   all   all   trust\nhost    all   all   127.0.0.1/32   trust\n"
+            "host    all   all   ::1/128   trust\n"
+        )
+        assert require_password_on_tcp(hba) is True
+        lines = [line.split() for line in hba.read_text().splitlines() if line and not line.startswith("#")]
+        assert [f[-1] for f in lines if f[0] == "local"] == ["trust"]
+        assert {f[-1] for f in lines if f[0] == "host"} == {"scram-sha-256"}
+        assert [f[3] for f in lines if f[0] == "host"][-2:] == ["0.0.0.0/0", "::/0"]
+        assert require_password_on_tcp(hba) is False  # idempotent
