@@ -75,9 +75,13 @@ class FleetHost:
         self.dsn = dsn
         self.worker_index = worker_index
         self.folder = fleet_dir(options) / run_id / self.host
-        self.fifo = str(self.folder / FIFO_NAME)
+        # The host's own --fifo (a collector beside the application already reads it: --collector-cmd none, as in
+        # docker-compose's fleet profile), else a new FIFO in the host's run folder.
+        given = (getattr(options, "fifo", "") or "").strip()
+        self.fifo = str(Path(given).resolve()) if given else str(self.folder / FIFO_NAME)
         self.owner = False
         self.sut: SystemUnderTest | None = None
+        self.report_dir: Path | None = None
         self.started = time.monotonic()
         self._lock_fd: int | None = None
         self.error = ""
@@ -163,7 +167,7 @@ class FleetHost:
             else None,
             "faults": list(sut.fault_log),
             "collector": report,
-            "report_dir": str(self.report_dir),
+            "report_dir": str(self.report_dir) if self.report_dir is not None else None,
         }
 
     def _drain(self, expected: int, worker_indexes: list[int], quiet_s: float) -> tuple[int, float]:

@@ -222,6 +222,13 @@ class TestOwnership:
             os.close(fd)
 
 
+    def test_a_hosts_own_fifo_wins(self, tmp_path):
+        """A host with --fifo (its collector runs beside it, as in docker-compose) writes there; else its run folder."""
+        given = argparse.Namespace(host_id="h1", fleet_dir=str(tmp_path), fifo=str(tmp_path / "app.fifo"))
+        assert FleetHost(given, "run1", "", 0).fifo == str(tmp_path / "app.fifo")
+        default = argparse.Namespace(host_id="h1", fleet_dir=str(tmp_path), fifo="")
+        assert FleetHost(default, "run1", "", 0).fifo == str(tmp_path / "run1" / "h1" / "logs.fifo")
+
 class TestDatabaseListen:
     """--db-listen: off unless given, loopback unless allowed, and TCP always asks for a password."""
 
@@ -252,3 +259,4 @@ class TestDatabaseListen:
         assert {f[-1] for f in lines if f[0] == "host"} == {"scram-sha-256"}
         assert [f[3] for f in lines if f[0] == "host"][-2:] == ["0.0.0.0/0", "::/0"]
         assert require_password_on_tcp(hba) is False  # idempotent
+
