@@ -84,6 +84,26 @@ class LocalHosts:
             log.info("local fleet host %s: pid %d, log %s", name, procs[name].pid, log_dir / f"{name}.log")
         return cls(procs, logs)
 
+    def exited(self) -> list[str]:
+        """'NAME (exit status N): last line of its log' for every host whose process has ended."""
+        out = []
+        for name, proc in self.procs.items():
+            status = proc.poll()
+            if status is not None:
+                out.append(f"{name} (exit status {status}): {self.last_line(name)}")
+        return out
+
+    def last_line(self, name: str) -> str:
+        """The last line a host logged (why it ended, usually)."""
+        out = next((f for f in self._logs if Path(f.name).stem == name), None)
+        if out is None:
+            return ""
+        try:
+            lines = Path(out.name).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
     def stop(self) -> None:
         """Wait a little for the workers to quit as Locust told them, then SIGKILL what is left (by pid)."""
         for name, proc in self.procs.items():

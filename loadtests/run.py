@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import secrets
@@ -14,7 +15,7 @@ import gevent
 import gevent.event
 import psycopg2
 from locust.html import get_html_report
-from locust.runners import STATE_MISSING, MasterRunner
+from locust.runners import STATE_INIT, STATE_MISSING, MasterRunner
 
 from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
 from loadtests.database import Database, DatabaseUnavailableError, parse_listen
@@ -53,6 +54,8 @@ WORKER_COUNTS_TIMEOUT_S = 30.0
 # A fleet host's owner gets this long beyond --drain-timeout to stop its collector and report (the collector's
 # SIGTERM timeout is 60 s; a report later than that is not waited for).
 FLEET_REPORT_MARGIN_S = 75.0
+# Until the load starts, the master checks this often that the local fleet hosts it started still run.
+LOCAL_HOSTS_POLL_S = 0.5
 # The web UI's charts page of a run under way reloads itself this often (a sample comes every second).
 LIVE_CHARTS_REFRESH_S = 5
 
@@ -136,11 +139,39 @@ class Run:
             log.error("cannot start the run: --local-hosts: %s", exc)
             self.environment.process_exit_code = EXIT_CANNOT_START
             raise SystemExit(EXIT_CANNOT_START) from None
+        gevent.spawn(self._watch_local_hosts, self.local_hosts)
+
+    def _watch_local_hosts(self, hosts: LocalHosts) -> None:
+        """Until the load starts: a local host that ended (not root, no unshare) ends the run with status 2, instead
+        of the master waiting for a worker that never comes."""
+        runner = self.environment.runner
+        while runner.state == STATE_INIT and self.local_hosts is hosts:
+            gone = hosts.exited()
+            if gone:
+                log.error("cannot start the run: local fleet host %s", "; ".join(gone))
+                self.start_failed = True
+                self.fleet_run = False  # nothing ran: no verdict to give
+                self.environment.process_exit_code = EXIT_CANNOT_START
+                runner.quit()
+                self.close()  # the other hosts, the database
+                # Locust's headless master waits for its workers in a plain loop that only --expect-workers-max-wait
+                # ends (with status 1, without its quitting event): end it here, cleaned up, with status 2.
+                gevent.get_hub().parent.throw(SystemExit(EXIT_CANNOT_START))
+                return
+            gevent.sleep(LOCAL_HOSTS_POLL_S)
 
     def _database(self) -> None:
         if not self.database_started:
             self.database.start()
             self.database_started = True
+            # Locust's headless master ends with sys.exit(1) and no quitting event when --expect-workers-max-wait
+            # runs out (a fleet host that never came): the embedded database must not outlive the harness then.
+            atexit.register(self._stop_database_at_exit)
+
+    def _stop_database_at_exit(self) -> None:
+        if self.database_started:
+            self.database.close()
+            self.database_started = False
 
     def start(self) -> None:
         """Test start: set up in a greenlet of its own, so a signal during ramp-up cannot cut the set-up in half."""
