@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -43,14 +44,19 @@ def start_fleet(dsn: str, tmp_path: Path, *extra: str) -> Harness:
     )
 
 
-def finished(harness: Harness, tmp_path: Path) -> tuple[int, dict]:
-    """Wait for the master to exit (bounded); its status and verdict. Everything it started is gone after."""
+def finished(harness: Harness, tmp_path: Path, started: Sequence[psutil.Process] = ()) -> tuple[int, dict]:
+    """Wait for the master to exit (bounded); its status and verdict. Whatever the run started (the given processes,
+    anything naming the run id) must have ended with it; the clean-up by pid comes after that check."""
     try:
         code = harness.wait(FLEET_TIMEOUT_S)
+        verdict = latest_verdict(tmp_path / "reports")
+        assert verdict is not None, harness.output()[-4000:]
+        time.sleep(1)  # the last local host's namespace is reaped a moment after the master exits
+        left = [p for p in started if p.is_running()]
+        left += [p for p in psutil.process_iter(["cmdline"]) if verdict["run_id"] in " ".join(p.info["cmdline"] or [])]
+        assert left == [], left
     finally:
         harness.stop()
-    verdict = latest_verdict(tmp_path / "reports")
-    assert verdict is not None, harness.output()[-4000:]
     assert "Traceback" not in harness.output(), harness.output()[-4000:]
     return code, verdict
 
@@ -63,8 +69,16 @@ class TestFleet:
     """Two hosts, one verdict: per-host sections that add up, faults and lost workers where they happened."""
 
     def test_two_hosts_pass_and_a_fault_shows_only_on_its_host(self, dsn, tmp_path):
-        """host2's collector restarts mid-run: PASS, the restart is in host2's section only, nothing lost."""
-        harness = start_fleet(dsn, tmp_path, "--local-host-args", "host2: --restart-collector-at 3 --restart-gap 1")
+        """host1 runs two workers sharing its FIFO and collector; host2's collector restarts mid-run: PASS, the
+        restart is in host2's section only, nothing lost."""
+        harness = start_fleet(
+            dsn,
+            tmp_path,
+            "--local-host-args",
+            "host1: --processes 2; host2: --restart-collector-at 3 --restart-gap 1",
+            "--expect-workers",
+            "3",
+        )
         code, verdict = finished(harness, tmp_path)
         assert verdict["passed"], (verdict["failures"], harness.output()[-3000:])
         assert code == 0
@@ -85,6 +99,12 @@ class TestFleet:
             assert h["rows_per_s"] > 0
             assert h["collector_peak_rss_mib"] > 0
         assert h1["sent"] + h2["sent"] == t["sent"]
+        # host1's two workers: one owns the collector, both wrote (their sources landed), one collector log.
+        assert sorted(w["owner"] for w in h1["workers"]) == [False, True]
+        indexes = {w["index"] for w in h1["workers"]}
+        written = {int(s["source"][1:].split("u")[0]) for s in verdict["sources"] if s["sent"]}
+        assert indexes <= written
+        assert (tmp_path / "reports" / verdict["run_id"] / "host1").is_dir()
         # Each host's collector wrote its own log, in the host's folder of the run.
         for name in ("host1", "host2"):
             assert (tmp_path / "reports" / verdict["run_id"] / name / "collector.log").exists()
@@ -94,7 +114,7 @@ class TestFleet:
 
     def test_a_killed_worker_is_named_and_its_lines_unverified(self, dsn, tmp_path):
         """SIGKILL host2's worker mid-run (its namespace, collector included, dies with it): FAIL naming it, its
-        lines unverified, host1's verified, nothing counted as lost."""
+        lines unverified, host1's verified, nothing counted as lost; no process of the run is left."""
         harness = start_fleet(dsn, tmp_path)
         try:
             harness.wait_for("Sending spawn jobs", timeout=90)  # the master's line: the load starts
@@ -105,10 +125,11 @@ class TestFleet:
                 if "--worker" in p.cmdline() and "host2" in p.cmdline() and "unshare" not in p.name()
             )
             worker.send_signal(signal.SIGKILL)
+            started = harness.descendants()
         except BaseException:
             harness.stop()
             raise
-        code, verdict = finished(harness, tmp_path)
+        code, verdict = finished(harness, tmp_path, started)
         assert code == 1
         assert verdict["status"] == "FAIL"
         assert any(f.startswith("vanished_workers") for f in verdict["failures"]), verdict["failures"]
@@ -124,6 +145,22 @@ class TestFleet:
         assert t["lost"] == 0
         assert t["sent"] == host(verdict, "host1")["sent"] == t["landed"]
         assert "unverified: host host2 lost worker" in harness.output()
-        # The killed host's collector died with its PID namespace: no process of the run is left.
-        left = [p for p in psutil.process_iter(["cmdline"]) if verdict["run_id"] in " ".join(p.info["cmdline"] or [])]
-        assert left == []
+
+    def test_ctrl_c_on_the_master_drains_every_host_and_exits_3(self, dsn, tmp_path):
+        """SIGINT to the master mid-load: both hosts drain and report, INTERRUPTED verdict, status 3, nothing left."""
+        harness = start_fleet(dsn, tmp_path, "--run-time", "60s")
+        try:
+            harness.wait_for("Sending spawn jobs", timeout=90)
+            time.sleep(3)
+            started = harness.descendants()
+            harness.signal(signal.SIGINT)
+        except BaseException:
+            harness.stop()
+            raise
+        code, verdict = finished(harness, tmp_path, started)
+        assert code == 3
+        assert verdict["status"] == "INTERRUPTED"
+        assert [h["state"] for h in verdict["hosts"]] == ["reported", "reported"]
+        t = verdict["totals"]
+        assert t["sent"] > 0
+        assert t["landed"] == t["sent"]
