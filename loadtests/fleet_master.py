@@ -6,6 +6,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from loadtests.adapters.stopping import collector_faults
 from loadtests.verify import SourceResult, Totals, _lines_explained_by_rejections
 
 # A source is p<Locust worker index>u<user number>: the worker index ties it to its host.
@@ -65,6 +66,27 @@ class Fleet:
         return next((w.host for w in self.workers.values() if w.index == index), None)
 
 
+def fleet_master_problem(options, is_master: bool) -> str:
+    """Why this process cannot be a fleet's master ("" when it can): no --master, or faults given to it.
+
+    The master runs no collector: a collector fault given to it would silently not happen, and the run would claim a
+    fault it never made. Faults belong to the hosts that run the collectors.
+    """
+    if not is_master:
+        return "--fleet needs --master (and Locust workers on the hosts: docs/fleet.md)"
+    faults = collector_faults(options)
+    if getattr(options, "db_outage_at", -1) >= 0:
+        faults.append("--db-outage-at")
+    if getattr(options, "statement_timeout_at", -1) >= 0:
+        faults.append("--statement-timeout-at")
+    if faults:
+        return (
+            f"--fleet: the master runs no collector, so {', '.join(faults)} would not happen; give faults to the "
+            "hosts (their own command line, or --local-host-args 'host2: --kill-collector-at 5')"
+        )
+    return ""
+
+
 def worker_of_source(source: str) -> int | None:
     """The Locust worker index in a source name, None for a name the harness did not make."""
     m = SOURCE_WORKER.match(source)
@@ -119,7 +141,13 @@ def host_sections(
         report = fleet.reports.get(host, {})
         gone = [w for w in workers if w.client_id in vanished]
         errors = [w.error for w in workers if w.error]
-        if errors:
+        owners = [w for w in workers if w.owner]
+        if len(owners) > 1:
+            state = (
+                f"error: {len(owners)} workers each run a collector for host {host}: do machines share a "
+                "--host-id (or a hostname)? Give each host its own"
+            )
+        elif errors:
             state = f"cannot start: {errors[0]}"
         elif gone:
             state = "worker disappeared: " + ", ".join(f"{w.client_id} (index {w.index})" for w in gone)

@@ -20,7 +20,7 @@ from locust.runners import STATE_INIT, STATE_MISSING, MasterRunner
 from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
 from loadtests.database import Database, DatabaseUnavailableError, parse_listen
 from loadtests.fifo_client import SourceCounts
-from loadtests.fleet_master import Fleet, host_sections, split_unverified
+from loadtests.fleet_master import Fleet, fleet_master_problem, host_sections, split_unverified
 from loadtests.lifecycle import CollectorError, SystemUnderTest
 from loadtests.local_hosts import LocalHosts
 from loadtests.options import (
@@ -104,8 +104,9 @@ class Run:
         self.preparing = True
         try:
             if getattr(self.options, "fleet", False):
-                if not isinstance(self.environment.runner, MasterRunner):
-                    log.error("cannot start the run: --fleet needs --master (and Locust workers on the hosts)")
+                problem = fleet_master_problem(self.options, isinstance(self.environment.runner, MasterRunner))
+                if problem:
+                    log.error("cannot start the run: %s", problem)
                     self.environment.process_exit_code = EXIT_CANNOT_START
                     raise SystemExit(EXIT_CANNOT_START)
                 self._start_local_hosts()

@@ -14,7 +14,7 @@ from loadtests.collector_process import CollectorError
 from loadtests.database import parse_listen, require_password_on_tcp
 from loadtests.fleet import unshare_argv, worker_argv
 from loadtests.fleet_host import OWNER_LOCK, FleetHost, host_id, source_prefixes
-from loadtests.fleet_master import Fleet, host_sections, split_unverified, worker_of_source
+from loadtests.fleet_master import Fleet, fleet_master_problem, host_sections, split_unverified, worker_of_source
 from loadtests.local_hosts import parse_host_args
 from loadtests.verdict import Latency, Verdict, check, render
 from loadtests.verify import SourceResult, Totals
@@ -168,6 +168,32 @@ class TestHostSections:
         assert "  web1 fault: x" in text
         assert "unverified: host web2 lost worker b (index 1) mid-run" in text
         assert {f.split(":")[0] for f in verdict.failures} == {"vanished_workers", "hosts_reported"}
+
+
+class TestFleetMaster:
+    """A fleet's master runs no collector: it refuses what it could not do."""
+
+    def test_needs_master_and_refuses_faults(self):
+        """Not a master: refused; a collector or database fault on the master: refused naming the fault."""
+        quiet = argparse.Namespace(
+            pause_collector_at=-1, pause_collector_for=0, kill_collector_at="", restart_collector_at=-1,
+            db_outage_at=-1, statement_timeout_at=-1,
+        )
+        assert fleet_master_problem(quiet, True) == ""
+        assert "--master" in fleet_master_problem(quiet, False)
+        kill = argparse.Namespace(**{**vars(quiet), "kill_collector_at": "5"})
+        assert "--kill-collector-at" in fleet_master_problem(kill, True)
+        outage = argparse.Namespace(**{**vars(quiet), "db_outage_at": 3.0})
+        assert "--db-outage-at" in fleet_master_problem(outage, True)
+
+    def test_two_owners_of_one_host_are_an_error(self):
+        """Two machines with one --host-id each start a collector: the host's section says so, not 'reported'."""
+        fleet = Fleet()
+        fleet.receive_hello("a", {"host": "web", "index": 0, "owner": True})
+        fleet.receive_hello("b", {"host": "web", "index": 1, "owner": True})
+        fleet.receive_report({"host": "web", "rows_per_s": 1.0, "collector_exit": 0, "faults": []})
+        [web] = host_sections(fleet, [], {}, {})
+        assert "share a --host-id" in web["state"]
 
 
 class TestHostOptions:
