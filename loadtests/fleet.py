@@ -74,7 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     """Start one fleet host: re-run inside namespaces, mount its private folder, become its Locust worker."""
     raw = list(sys.argv[1:] if argv is None else argv)
     ours, rest = (raw[: raw.index("--")], raw[raw.index("--") + 1 :]) if "--" in raw else (raw, [])
-    parser = argparse.ArgumentParser(prog="python -m loadtests.fleet", description=__doc__.splitlines()[0])
+    from reference import VERSION_TEXT
+
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.fleet",
+        description=__doc__.splitlines()[0],
+        epilog="Options after -- go to the worker (locust -f loadtests/fifo.py --worker ...), e.g. -- "
+        "--kill-collector-at 5 --report-dir reports. Usually the master starts this itself (--local-hosts).",
+    )
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     parser.add_argument("--host-id", required=True, help="the host's name in the verdict")
     parser.add_argument("--master-host", default="127.0.0.1", help="the Locust master (127.0.0.1)")
     parser.add_argument("--master-port", type=int, default=5557, help="the master's port (5557)")
