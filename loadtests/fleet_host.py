@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +61,25 @@ def fleet_dir(options) -> Path:
     return Path(given) if given else Path(tempfile.gettempdir()) / "namedpiper-fleet"
 
 
+def private_folders(folder: Path) -> None:
+    """Create folder and its missing parents (mode 0700); OSError unless each of the fleet's levels is a real
+    folder of this user that no one else may write to.
+
+    The default fleet folder sits in a shared /tmp under a predictable name: another local user who created it
+    first (or a symlink in its place) could read or swap the hosts' FIFOs.
+    """
+    levels = [folder.parent.parent, folder.parent, folder]  # fleet folder, run, host
+    for level in levels:
+        with contextlib.suppress(FileExistsError):
+            level.mkdir(mode=0o700, parents=True)
+        st = os.lstat(level)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(
+                f"{level} is not a folder of this user closed to others (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):o}): remove it, or give --fleet-dir a folder of your own"
+            )
+
+
 def source_prefixes(worker_indexes: list[int]) -> list[str]:
     """LIKE patterns of the sources of these Locust workers (p<index>u<n>)."""
     return [f"p{i}u%" for i in sorted(set(worker_indexes))]
@@ -89,7 +109,7 @@ class FleetHost:
     # -- start --------------------------------------------------------------------------------------------------
     def join(self) -> None:
         """Become the host's owner (start FIFO and collector) or wait for the owner's; CollectorError if neither."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folders(self.folder)
         fd = os.open(self.folder / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

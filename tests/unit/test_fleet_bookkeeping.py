@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import stat
 
 import pytest
 from hypothesis import given
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from loadtests.collector_process import CollectorError
 from loadtests.database import parse_listen, require_password_on_tcp
 from loadtests.fleet import unshare_argv, worker_argv
-from loadtests.fleet_host import OWNER_LOCK, FleetHost, host_id, source_prefixes
+from loadtests.fleet_host import OWNER_LOCK, FleetHost, host_id, private_folders, source_prefixes
 from loadtests.fleet_master import Fleet, fleet_master_problem, host_sections, split_unverified, worker_of_source
 from loadtests.local_hosts import parse_host_args
 from loadtests.verdict import Latency, Verdict, check, render
@@ -254,6 +255,30 @@ class TestOwnership:
         assert FleetHost(given, "run1", "", 0).fifo == str(tmp_path / "app.fifo")
         default = argparse.Namespace(host_id="h1", fleet_dir=str(tmp_path), fifo="")
         assert FleetHost(default, "run1", "", 0).fifo == str(tmp_path / "run1" / "h1" / "logs.fifo")
+
+class TestPrivateFolders:
+    """The hosts' run folders sit in a shared /tmp under a predictable name: only a folder of ours, closed, will do."""
+
+    def test_new_folders_are_private(self, tmp_path):
+        """Created with mode 0700 at each level the fleet adds."""
+        folder = tmp_path / "fleet" / "run1" / "h1"
+        private_folders(folder)
+        for level in (folder, folder.parent, folder.parent.parent):
+            assert stat.S_IMODE(level.stat().st_mode) == 0o700
+
+    def test_a_folder_others_may_write_or_a_symlink_is_refused(self, tmp_path):
+        """A world-writable fleet folder, or a symlink planted in its place: refused, naming the fix."""
+        open_dir = tmp_path / "open"
+        open_dir.mkdir()
+        open_dir.chmod(0o777)
+        with pytest.raises(OSError, match="--fleet-dir"):
+            private_folders(open_dir / "run1" / "h1")
+        target = tmp_path / "elsewhere"
+        target.mkdir(mode=0o700)
+        (tmp_path / "link").symlink_to(target)
+        with pytest.raises(OSError, match="not a folder of this user"):
+            private_folders(tmp_path / "link" / "run1" / "h1")
+
 
 class TestDatabaseListen:
     """--db-listen: off unless given, loopback unless allowed, and TCP always asks for a password."""
