@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
+import psycopg2.extensions
 import pytest
-from harness import Harness, clean_env, latest_verdict, master_port_args
+from harness import Harness, clean_env, free_port, latest_verdict, master_port_args
+
+from loadtests.database import DATA_DIR_ENV
 
 # A short load still spans a fault at second 3 and a kill at second 4 (Locust needs ~2 s to see a missing worker).
 RUN_TIME = "9s"
@@ -164,3 +167,47 @@ class TestFleet:
         t = verdict["totals"]
         assert t["sent"] > 0
         assert t["landed"] == t["sent"]
+
+    def test_hosts_reach_the_embedded_database_over_tcp_with_a_password_no_command_line_shows(self, tmp_path):
+        """No DSN given: the master's embedded database listens on 127.0.0.1 with a generated password; the hosts'
+        collectors load through it (their NAMEDPIPER_DSN), and the password is on no command line nor in the
+        verdict."""
+        port = free_port()
+        harness = Harness(
+            [
+                "--config",
+                "scenarios/fleet.conf",
+                "--run-time",
+                RUN_TIME,
+                "--report-dir",
+                str(tmp_path / "reports"),
+                "--db-listen",
+                f"127.0.0.1:{port}",
+                *master_port_args(),
+            ],
+            tmp_path / "locust.log",
+            env=clean_env(**{DATA_DIR_ENV: str(tmp_path / "pgdata")}),
+        )
+        try:
+            harness.wait_for("Sending spawn jobs", timeout=120)
+            collectors = []
+            deadline = time.monotonic() + 30
+            while len(collectors) < 2 and time.monotonic() < deadline:
+                collectors = [p for p in harness.descendants() if "reference.collector" in " ".join(p.cmdline())]
+                time.sleep(0.2)
+            assert len(collectors) == 2, harness.output()[-3000:]
+            dsns = [psycopg2.extensions.parse_dsn(p.environ()["NAMEDPIPER_DSN"]) for p in collectors]
+            passwords = {d.get("password") for d in dsns}
+            assert {(d["host"], d["port"]) for d in dsns} == {("127.0.0.1", str(port))}
+            [password] = passwords
+            assert password
+            assert len(password) >= 24
+            shown = [p.pid for p in psutil.process_iter(["cmdline"]) if password in " ".join(p.info["cmdline"] or [])]
+            assert shown == []
+        except BaseException:
+            harness.stop()
+            raise
+        code, verdict = finished(harness, tmp_path)
+        assert code == 0, verdict["failures"]
+        assert password not in (tmp_path / "reports" / verdict["run_id"] / "verdict.json").read_text()
+        assert password not in harness.output()
