@@ -115,6 +115,25 @@ class TestHostSections:
         assert web2["faults"] == ["collector killed"]
         assert web1["state"] == web2["state"] == "reported"
 
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, 2), st.integers(0, 40), st.integers(0, 40), st.integers(0, 3)), max_size=15
+        )
+    )
+    def test_hosts_add_up_to_the_run(self, rows):
+        """Whatever the sources, the hosts' sent, landed, duplicated and torn add up to the sums over all sources,
+        and a host's lost never exceeds its missing lines."""
+        fleet = two_hosts()
+        sources = [
+            source(f"p{w}u{i}", sent, landed, dup=dup, corrupt=dup)
+            for i, (w, sent, landed, dup) in enumerate(rows)
+        ]
+        sections = host_sections(fleet, sources, {}, {})
+        for key, field in (("sent", "sent"), ("landed", "landed"), ("duplicated", "duplicated"), ("torn", "corrupt")):
+            assert sum(h[key] for h in sections) == sum(getattr(s, field) for s in sources)
+        for h in sections:
+            assert 0 <= h["lost"] <= h["missing"]
+
     def test_a_vanished_worker_and_a_silent_host_are_named(self):
         """web2's owner vanished; web1 sent no report: neither counts as reported."""
         fleet = two_hosts()
