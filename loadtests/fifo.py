@@ -14,6 +14,7 @@ from pathlib import Path
 # Run from a checkout without `pip install -e .`: make the project importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg2
 from locust import User, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
@@ -151,8 +152,14 @@ def _on_np_drain(environment, msg, **_kw) -> None:
     if host is None:
         return
     data = msg.data or {}
-    report = host.finish(int(data.get("expected", 0)), list(data.get("indexes", [])), bool(data.get("hurry")))
-    host.close()
+    try:
+        report = host.finish(int(data.get("expected", 0)), list(data.get("indexes", [])), bool(data.get("hurry")))
+    except (CollectorError, OSError, psycopg2.Error) as exc:
+        # The master still hears from this host (its section says why), instead of waiting for a report in vain.
+        log.error("host %s: drain failed: %s", host.host, exc)
+        report = {"host": host.host, "error": f"drain failed: {exc}"}
+    finally:
+        host.close()
     environment.runner.send_message("np_host_report", report)
 
 
