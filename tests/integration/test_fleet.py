@@ -14,6 +14,7 @@ import psutil
 import psycopg2.extensions
 import pytest
 from harness import Harness, clean_env, free_port, latest_verdict, master_port_args
+from test_web_ui import WebHarness
 
 from loadtests.database import DATA_DIR_ENV
 
@@ -211,3 +212,24 @@ class TestFleet:
         assert code == 0, verdict["failures"]
         assert password not in (tmp_path / "reports" / verdict["run_id"] / "verdict.json").read_text()
         assert password not in harness.output()
+
+    def test_a_fleet_from_the_web_ui(self, dsn, tmp_path):
+        """Start and stop a fleet run in the web UI: /stop returns at once, the hosts drain in the background, one
+        verdict with both hosts reported."""
+        web = WebHarness(tmp_path, dsn, "--master", "--fleet", "--local-hosts", "2", *master_port_args())
+        try:
+            web.wait_until_up()
+            web.wait_for("2 workers connected", timeout=90)
+            status, _ = web.post("/swarm", {"user_count": "4", "spawn_rate": "4"})
+            assert status == 200
+            web.wait_for("Sending spawn jobs", timeout=30)
+            time.sleep(4)
+            started = time.monotonic()
+            web.post("/stop")
+            assert time.monotonic() - started < 5, "POST /stop waited for the hosts' drains"
+            [verdict] = web.wait_for_verdicts(1)
+            assert verdict["status"] == "PASS", verdict["failures"]
+            assert [h["state"] for h in verdict["hosts"]] == ["reported", "reported"]
+            assert verdict["totals"]["landed"] == verdict["totals"]["sent"] > 0
+        finally:
+            web.stop()
