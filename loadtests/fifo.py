@@ -110,6 +110,9 @@ def _stop_like_run_time(environment) -> None:
     """After the first SIGINT: stop the load and quit as --run-time does (the run drains in test_stop)."""
     if _run is not None and _run.preparing:
         return  # the set-up at init sees the signal and finishes the run itself
+    if _run is not None and environment.web_ui is not None:
+        # A fleet run in the web UI drains its hosts in the background; Locust's quit would stop listening to them.
+        _run.stop_and_collect_fleet()
     environment.runner.quit()
     if environment.web_ui is not None:
         environment.web_ui.stop()  # ends Locust's main greenlet in web UI mode, which then quits

@@ -311,6 +311,13 @@ class Run:
             # must drain and report first.
             self.fleet_collected.wait(WORKER_COUNTS_TIMEOUT_S + self.options.drain_timeout + FLEET_REPORT_MARGIN_S)
 
+    def stop_and_collect_fleet(self) -> None:
+        """A fleet run under way (web UI): stop it and wait until the hosts reported, before anything quits Locust."""
+        if not self.fleet_run:
+            return
+        self.environment.runner.stop()  # fires test_stop (once), which starts the finish
+        self.fleet_collected.wait(WORKER_COUNTS_TIMEOUT_S + self.options.drain_timeout + FLEET_REPORT_MARGIN_S)
+
     def finish(self) -> None:
         """Wait for the data to land, stop the collector, verify, print and record the verdict."""
         if self.starter is not None:

@@ -233,3 +233,23 @@ class TestFleet:
             assert verdict["totals"]["landed"] == verdict["totals"]["sent"] > 0
         finally:
             web.stop()
+
+    def test_ctrl_c_in_the_web_ui_still_hears_every_host(self, dsn, tmp_path):
+        """Ctrl-C on a web UI master mid-run: the hosts drain and report before Locust quits: INTERRUPTED, exit 3."""
+        web = WebHarness(tmp_path, dsn, "--master", "--fleet", "--local-hosts", "2", *master_port_args())
+        try:
+            web.wait_until_up()
+            web.wait_for("2 workers connected", timeout=90)
+            status, _ = web.post("/swarm", {"user_count": "4", "spawn_rate": "4"})
+            assert status == 200
+            web.wait_for("Sending spawn jobs", timeout=30)
+            time.sleep(4)
+            web.signal(signal.SIGINT)
+            code = web.wait(FLEET_TIMEOUT_S)
+            [verdict] = web.wait_for_verdicts(1)
+        finally:
+            web.stop()
+        assert code == 3
+        assert verdict["status"] == "INTERRUPTED"
+        assert [h["state"] for h in verdict["hosts"]] == ["reported", "reported"]
+        assert verdict["totals"]["landed"] == verdict["totals"]["sent"] > 0
