@@ -196,9 +196,10 @@ def check(verdict: Verdict, options) -> list[Expectation]:
             options.max_collector_rss_mib,
         )
     if verdict.collector_exit is not None:
-        found.append(
-            Expectation("collector_exit", "collector exit status after SIGTERM", "=", 0, verdict.collector_exit)
-        )
+        what = "collector exit status after SIGTERM"
+        if verdict.collector_exit and verdict.collector and verdict.collector.get("exit"):
+            what += f": {verdict.collector['exit']}"  # the adapter's meaning of the status, when it knows one
+        found.append(Expectation("collector_exit", what, "=", 0, verdict.collector_exit))
     if verdict.hosts:
         vanished = sum(len(u["workers"]) for u in verdict.unverified)
         found.append(Expectation("vanished_workers", "workers that disappeared (lines unverified)", "=", 0, vanished))

@@ -26,6 +26,15 @@ def _password(dsn: str) -> str | None:
     return parse_dsn(dsn).get("password") or None
 
 
+def parsable(dsn: str) -> bool:
+    """True when libpq can parse dsn (a URI or key=value pairs)."""
+    try:
+        parse_dsn(dsn)
+    except ProgrammingError:
+        return False
+    return True
+
+
 def _could_hold_password(text: str) -> bool:
     """True for a text with a URI's user info or a password keyword: one libpq cannot parse is then never shown."""
     return "://" in text or "password" in text.lower()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import array
+import ctypes
+import errno
 import fcntl
 import os
 import select
@@ -25,6 +27,11 @@ PIPE_MAX_SIZE_PATH = Path("/proc/sys/fs/pipe-max-size")
 
 # Owner and group may read and write; others get nothing: whoever can write the FIFO can write log rows.
 DEFAULT_FIFO_MODE = 0o660
+
+
+# renameat2(2) flag from <linux/fs.h>: swap two paths in one step (Linux 3.15, glibc 2.28; tmpfs, ext4, xfs, btrfs).
+RENAME_EXCHANGE = 1 << 1
+AT_FDCWD = -100
 
 
 class NotAFifoError(FileExistsError):
@@ -206,3 +213,18 @@ def write_whole(
         if written is not None:
             written(n)
     return True
+
+
+def exchange_paths(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> None:
+    """Swap what two paths lead to in one step (renameat2 RENAME_EXCHANGE): neither path is ever missing.
+
+    Python's os module has no renameat2; raises OSError (ENOSYS, EINVAL on a file system without it) like os.rename.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not in this C library", str(first))
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(first), None, str(second))

@@ -77,6 +77,10 @@ class Adapter:
         """The collector's own counters (read, parse_dropped, written, queued ...), None when it exposes none."""
         return None
 
+    def exit_meaning(self, status: int) -> str:
+        """What the collector means by this exit status, for the verdict ("" when the adapter does not know)."""
+        return ""
+
 
 def template_argv(template: str, ctx: Context) -> list[str]:
     """A command template's argument list: {fifo}, {dsn}, {journal} (a folder in the run's folder), {python}."""

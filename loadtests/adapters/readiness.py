@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shlex
@@ -72,9 +73,18 @@ def _write_probe(fifo: str, line: bytes) -> bool:
     """Write the probe line once a reader holds the FIFO (non-blocking open: never wait for one here)."""
     if not has_reader(fifo):
         return False
-    fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)  # a reader is there: the open returns at once
     try:
-        os.write(fd, line)  # below PIPE_BUF: one atomic write
+        # Non-blocking although a reader was there: it may have exited since, and a blocking open would then wait
+        # for the next reader with the harness stuck in it.
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):
+            return False  # the reader is gone again (or the FIFO is being replaced): try again later
+        raise
+    try:
+        os.write(fd, line)  # below PIPE_BUF: one atomic write, all or nothing
+    except BlockingIOError:
+        return False  # the pipe is full: the probe is sent again later
     finally:
         os.close(fd)
     return True

@@ -32,6 +32,15 @@ def metrics_url(command: str) -> str | None:
     return f"http://127.0.0.1:{int(found.group(1))}/metrics"
 
 
+# The reference collector's exit statuses (docs/collector.md, Exit status), as the verdict explains them.
+EXIT_MEANINGS = {
+    1: "an unexpected error: its traceback is in the collector's log",
+    2: "it could not start: its log says why",
+    3: "the database refused the writes (privileges or schema): its log names the cause and the fix",
+    4: "lines read were not stored: the database could not take them within --stop-timeout, and there is no journal",
+}
+
+
 class Reference(Adapter):
     """The reference collector, or any command given with --collector-cmd (ready once it opens the FIFO)."""
 
@@ -40,6 +49,10 @@ class Reference(Adapter):
 
     def __init__(self, command: str = DEFAULT_COMMAND) -> None:
         self.command = command
+
+    def exit_meaning(self, status: int) -> str:
+        """The reference collector's meaning of status (nothing for another command)."""
+        return EXIT_MEANINGS.get(status, "") if "reference.collector" in self.command else ""
 
     def launch(self, ctx: Context) -> Launch:
         """The command template with the run's FIFO, journal folder and interpreter; the DSN in the environment."""

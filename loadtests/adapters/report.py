@@ -22,8 +22,8 @@ FROM logs WHERE data->'_np'->>'run' = %(run)s GROUP BY 1
 UNMARKED_SQL = "SELECT count(*) FROM logs WHERE data->'_np'->>'run' IS NULL"
 
 
-def exit_text(status: int | None) -> str:
-    """'exit status 0', 'killed by SIGSEGV', or 'still running / not ours' for None."""
+def exit_text(status: int | None, meaning: str = "") -> str:
+    """'exit status 0', 'exit status 4 (meaning)', 'killed by SIGSEGV', or 'no exit status ...' for None."""
     if status is None:
         return "no exit status (not started by the harness)"
     if status < 0:
@@ -31,7 +31,7 @@ def exit_text(status: int | None) -> str:
             return f"killed by {signal.Signals(-status).name}"
         except ValueError:
             return f"killed by signal {-status}"
-    return f"exit status {status}"
+    return f"exit status {status} ({meaning})" if meaning else f"exit status {status}"
 
 
 @dataclass

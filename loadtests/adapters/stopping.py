@@ -105,7 +105,7 @@ class CollectorWatch:
         self.report.queued_at_stop = counters.get("queued") if counters else None
         status = self.collector.stop(timeout if timeout is not None else policy.timeout_s)
         self.report.exit_status = status
-        self.report.exit = exit_text(status)
+        self.report.exit = exit_text(status, self.collector.adapter.exit_meaning(status))
         self.report.log_tail = self.collector.tail(FAIL_LOG_LINES).splitlines()
         return status
 

@@ -27,17 +27,22 @@ from reference.collector.credentials import (
     read_dsn_file,
 )
 from reference.collector.journal import DEFAULT_MAX_BYTES, JournalError
-from reference.collector.loader import DatabaseConfigError
+from reference.collector.loader import DatabaseConfigError, quiet_psycopg2_reports
 from reference.collector.metrics import DEFAULT_METRICS_HOST, serve
 from reference.collector.pipeline import build_collector
+from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.stop import StopRequest
 from reference.collector.writer import STOP_GRACE_S
-from reference.dsn import DSN_ENV, LIBPQ_ENV
+from reference.dsn import DSN_ENV, LIBPQ_ENV, UNPARSABLE_MESSAGE, parsable
 from reference.envargs import add_env_option, env_parser
 from reference.fifo import DEFAULT_FIFO_MODE, FifoPathError, NotAFifoError
 from reference.sizes import MAX_LINE_BYTES
 
 PROGRAM = "collector"
+# The longest wait a stop option may ask for: longer than any stop should take, and it keeps out inf and nan
+# (a stop must end by itself).
+MAX_WAIT_S = 3600.0
+DSN_SOURCES = f"--dsn, {DSN_ENV} or --dsn-file"
 NO_DSN_MESSAGE = (
     f"error: no database given: pass --dsn, set {DSN_ENV}, or set libpq's variables "
     f"({', '.join(LIBPQ_ENV)}, PGUSER, PGPASSFILE ...); for a local test database run "
@@ -145,6 +150,14 @@ def build_parser() -> configargparse.ArgumentParser:
         f"counted (exit status 4), or with --journal left there (default {STOP_GRACE_S:g})",
     )
     option(
+        "--stop-writers-grace",
+        dest="writers_grace",
+        type=float,
+        default=WRITERS_GRACE_S,
+        help="seconds a stop keeps reading while writers that have the FIFO open finish (writers that open it "
+        f"meanwhile wait for the next collector); 0 closes it right after the final read (default {WRITERS_GRACE_S:g})",
+    )
+    option(
         "--metrics-port",
         type=int,
         default=0,
@@ -168,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s collector %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    quiet_psycopg2_reports()
+    for name, flag in (("stop_grace", "--stop-timeout"), ("writers_grace", "--stop-writers-grace")):
+        if not 0 <= getattr(args, name) < MAX_WAIT_S:
+            print(f"error: {flag} {getattr(args, name)}: give seconds from 0 to {MAX_WAIT_S:g}", file=sys.stderr)
+            return 2
     for name in ("batch_rows", "batch_bytes", "max_line_bytes", "reject_keep_bytes"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be 1 or more", file=sys.stderr)
@@ -207,9 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         journal_max_bytes=args.journal_max_bytes,
         reject_keep_bytes=args.reject_keep_bytes,
         stop_grace=args.stop_grace,
+        writers_grace=args.writers_grace,
     )
     if not args.dsn and not any(os.environ.get(name) for name in LIBPQ_ENV):
         print(NO_DSN_MESSAGE, file=sys.stderr)
+        return 2
+    if args.dsn and not parsable(args.dsn):
+        # A DSN libpq cannot parse never connects: retrying it would look like a database that is down.
+        print(f"error: the DSN given ({DSN_SOURCES}): {UNPARSABLE_MESSAGE}", file=sys.stderr)
         return 2
     if not 0 <= args.metrics_port <= MAX_PORT:
         print(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from reference.collector.journal import DEFAULT_MAX_BYTES
 from reference.collector.lines import LineSplitter, Oversized
 from reference.collector.model import Batch, BatchLimits, Rejection
+from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.sink import Sink, SinkRefused
 from reference.collector.source import Chunk, Source
 from reference.collector.stop import StopRequest
@@ -73,6 +74,7 @@ class CollectorConfig:
     journal_max_bytes: int = DEFAULT_MAX_BYTES
     reject_keep_bytes: int = REJECT_KEEP_BYTES
     stop_grace: float = STOP_GRACE_S
+    writers_grace: float = WRITERS_GRACE_S
 
     @property
     def limits(self) -> BatchLimits:
@@ -126,6 +128,7 @@ class Collector:
                 if now >= next_stats:
                     log.info("stats %s", self._stats_text())
                     next_stats = now + self.config.stats_interval
+            self._let_writers_finish()
             self._shutdown()
             finished = True
         except SinkRefused as exc:
@@ -182,6 +185,35 @@ class Collector:
         self._flush_if_due(block=not source.durable)
         if sink.committed is not None:
             source.committed(sink.committed)
+
+    def _let_writers_finish(self) -> None:
+        """Read on while the writers that have the FIFO open finish, new ones being sent to a stand-in (reader.py).
+
+        Bounded by writers_grace and by a second stop request. Without a journal it ends as soon as the database
+        takes no batches: lines read then could only be given up, while in the pipe a writer that keeps the FIFO
+        open saves them for the next collector.
+        """
+        source, sink = self.source, self.sink
+        if self.config.writers_grace <= 0 or not self._database_keeps_up() or not source.close_door():
+            return
+        deadline = time.monotonic() + self.config.writers_grace
+        while not source.writers_gone:
+            if self.stop.insistent or time.monotonic() >= deadline or not self._database_keeps_up():
+                why = (
+                    "a second stop request"
+                    if self.stop.insistent
+                    else "the database takes no batches"
+                    if not self._database_keeps_up()
+                    else f"{self.config.writers_grace:g} s"
+                )
+                log.info("writers still have the FIFO open after %s; closing it after a final read", why)
+                return
+            sink.raise_if_failed()
+            self._step()
+
+    def _database_keeps_up(self) -> bool:
+        # A full queue is a slow database, which back-pressure handles; a failing one is what gives lines up.
+        return self.source.durable or self.sink.taking
 
     def _wait_time(self) -> float:
         if not self.batch:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import TypeVar
 
 import psycopg2
@@ -163,6 +165,8 @@ class Loader:
                 connecting = isinstance(exc, _ConnectFailed)
                 self.in_trouble = True
                 failure = self._judge(exc.error if isinstance(exc, _ConnectFailed) else exc, connecting)
+                if failure.kind is Kind.CANCELLED and give_up():
+                    raise Abandoned from None  # the stop cancelled it (cancel()): not a timeout worth a warning
                 if (failure.kind, connecting) != state:
                     self._log_trouble(failure, connecting)
                     state, since = (failure.kind, connecting), since or time.monotonic()
@@ -307,3 +311,22 @@ class Loader:
             self._copy_isolating(cur, rows[middle:], rejections)
             return
         cur.execute("RELEASE SAVEPOINT np_copy")
+
+
+def quiet_psycopg2_reports() -> None:
+    """Keep psycopg2's own printout of a session ended mid-COPY out of the log; the error itself is handled.
+
+    psycopg2 2.9, reading the COPY source when the server ends the session (pg_terminate_backend, a restart),
+    prints a SystemError ("<function decode> returned a result with an exception set") caused by the server's
+    error through sys.excepthook from C, then raises the error as usual: the retry logic logs it once as a lost
+    connection. Anything else still reaches the default hook.
+    """
+    default = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+        if isinstance(value, SystemError) and isinstance(value.__cause__, psycopg2.Error):
+            log.debug("psycopg2 reported %s", first_line(value.__cause__))
+            return
+        default(kind, value, traceback)
+
+    sys.excepthook = hook

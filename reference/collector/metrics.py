@@ -98,11 +98,10 @@ class CollectorMetrics(RegistryCollector):
                 "Journaled bytes past the committed offset (the backlog the database still has to take)",
                 max(0, lag),
             )
-        trouble = bool(getattr(sink, "loader", None) is not None and sink.loader.in_trouble)  # type: ignore[attr-defined]
         yield _gauge(
             "database_up",
             "1 while the database takes batches, 0 while the collector retries",
-            0 if trouble or not sink.ready else 1,
+            1 if sink.taking and sink.ready else 0,
         )
         if self.last_commit is not None:
             yield _gauge("last_commit_timestamp_seconds", "Unix time of the last committed batch", self.last_commit)

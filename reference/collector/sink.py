@@ -42,6 +42,10 @@ class Sink(Protocol):
         """True when submit would not wait."""
 
     @property
+    def taking(self) -> bool:
+        """False while the destination fails (between a failed attempt and the next success)."""
+
+    @property
     def ready(self) -> bool:
         """True once the sink knows its committed offset (at once for a sink without offsets)."""
 

@@ -59,6 +59,13 @@ class Source(Protocol):
     def committed(self, offset: int) -> None:
         """Everything before offset is in the database: a journal may delete it."""
 
+    def close_door(self) -> bool:
+        """At a stop: only writers that have the FIFO open reach it from now on; False when not possible."""
+
+    @property
+    def writers_gone(self) -> bool:
+        """True once, after close_door, the FIFO's writers have all closed it and it is empty."""
+
     def seal(self) -> None:
         """Take in everything the pipe holds and close the FIFO at once: no write succeeds that is not taken in."""
 
@@ -119,11 +126,22 @@ class FifoSource:
     def committed(self, offset: int) -> None:
         """Nothing to trim without a journal."""
 
+    def close_door(self) -> bool:
+        """Send new writers to a stand-in FIFO (reader.py)."""
+        return self._open and self.reader.close_door()
+
+    @property
+    def writers_gone(self) -> bool:
+        """The FIFO is empty and writerless."""
+        return not self._open or self.reader.writers_gone()
+
     def seal(self) -> None:
         """Read what the pipe holds, then close the FIFO before anything slow happens."""
         if not self._open:
             return
         data = self.reader.read_available()
+        self.reader.open_door()  # a FIFO that writers still hold goes back to the path: read once more
+        data += self.reader.read_available()
         self.reader.close()
         self._open = False
         self.taken += len(data)
@@ -234,12 +252,29 @@ class JournaledSource:
         """Delete the segments the database holds every byte of."""
         self.journal.trim(offset)
 
+    def close_door(self) -> bool:
+        """Send new writers to a stand-in FIFO (reader.py); not with the journal full, whose bytes wait in the pipe."""
+        return self._open and self.journal.room() > 0 and self.reader.close_door()
+
+    @property
+    def writers_gone(self) -> bool:
+        """The FIFO is empty and writerless."""
+        return not self._open or self.reader.writers_gone()
+
     def seal(self) -> None:
         """Splice what the pipe holds into the journal, then close the FIFO."""
         if not self._open:
             return
-        while self.reader.waiting() > 0 and (moved := self.journal.splice_from(self.reader.fd, READ_CHUNK_BYTES)):
-            self.taken += moved
+        self._splice_waiting()
+        self.reader.open_door()  # a FIFO that writers still hold goes back to the path: take in once more
+        self._splice_waiting()
+        left = self.reader.waiting()
+        if left:
+            log.warning(
+                "%d bytes stay in the pipe at the stop, the journal being full: a writer that keeps the FIFO open "
+                "hands them to the next collector, one that closes it loses them",
+                left,
+            )
         while self.reader.retiring and self.journal.room():
             before = self.taken
             self._take_retired()
@@ -247,6 +282,10 @@ class JournaledSource:
                 break
         self.reader.close()
         self._open = False
+
+    def _splice_waiting(self) -> None:
+        while self.reader.waiting() > 0 and (moved := self.journal.splice_from(self.reader.fd, READ_CHUNK_BYTES)):
+            self.taken += moved
 
     @property
     def waiting(self) -> int:

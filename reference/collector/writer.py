@@ -66,6 +66,11 @@ class CopySink:
         return not self._queue.full()
 
     @property
+    def taking(self) -> bool:
+        """False while the database fails (between a failed attempt and the next success)."""
+        return not self.loader.in_trouble
+
+    @property
     def ready(self) -> bool:
         """True once connected (and, with a journal, once the committed offset is known)."""
         return self._ready.is_set()

@@ -134,6 +134,14 @@ class TestScenarios:
         assert_passed(code, output, v)
         assert v["totals"]["landed"] == v["totals"]["sent"] > 100
 
+    def test_stop_race_loses_no_successful_write(self, dsn, tmp_path):
+        """stop_race: open-write-close writers racing a SIGTERM and restart: every write that succeeded lands."""
+        code, output, v = run_scenario(
+            "stop_race", dsn, tmp_path, "--run-time", "10s", "--restart-collector-at", "4", "--restart-gap", "2"
+        )
+        assert_passed(code, output, v)
+        assert v["totals"]["landed"] == v["totals"]["sent"] > 100
+
     def test_statement_timeout_retries_without_a_reconnect_storm(self, dsn, tmp_path):
         """statement_timeout: a 1 ms role timeout costs a handful of sessions, and every line lands once after it."""
         code, output, v = run_scenario(

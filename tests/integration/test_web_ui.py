@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.error
@@ -211,9 +212,13 @@ class TestRuns:
 
 
 def _browser() -> tuple[str, str] | None:
-    """(chromium, chromedriver) from the system, None when either is missing."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
+    """(chromium, chromedriver) from the system, None when either is missing.
+
+    Debian's chromium first; GitHub's Ubuntu runners have Google Chrome and its driver in $CHROMEWEBDRIVER.
+    """
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    chromium = next((found for name in names if (found := shutil.which(name))), None)
+    driver = shutil.which("chromedriver") or shutil.which("chromedriver", path=os.environ.get("CHROMEWEBDRIVER", ""))
     return (chromium, driver) if chromium and driver else None
 
 

@@ -13,7 +13,7 @@ from psycopg2.extensions import make_dsn
 
 from loadtests.adapters import choose
 from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, Context, drain_quiet_s
-from loadtests.adapters.readiness import check_strategy, probe_line
+from loadtests.adapters.readiness import _write_probe, check_strategy, probe_line
 from loadtests.adapters.reference import DEFAULT_COMMAND, Reference
 from loadtests.adapters.report import exit_text, render_lines
 from loadtests.adapters.stopping import collector_faults, refuse_unperformable_faults
@@ -222,6 +222,14 @@ class TestReport:
         assert exit_text(0) == "exit status 0"
         assert exit_text(4) == "exit status 4"
 
+    def test_the_reference_collector_explains_its_statuses(self):
+        """4 and 3 name their cause for the reference collector; another command's statuses stay bare."""
+        assert "not stored" in Reference().exit_meaning(4)
+        assert "refused the writes" in Reference().exit_meaning(3)
+        assert Reference().exit_meaning(0) == ""
+        assert Reference("my-collector {fifo}").exit_meaning(4) == ""
+        assert exit_text(4, "why") == "exit status 4 (why)"
+
     def test_a_failed_run_shows_the_log_tail_and_path(self):
         """FAIL: the path and the last lines; PASS: neither."""
         report = {
@@ -242,3 +250,47 @@ class TestReport:
         assert "stored although bad 3, dropped silently 5" in failed
         assert "lost mid-run 7" in failed
         assert "/r/collector.log" not in "\n".join(render_lines(report, failed=False))
+
+
+def fill(fd: int) -> None:
+    """Write into a non-blocking pipe until it is full."""
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except BlockingIOError:
+        return
+
+
+class TestProbeWrite:
+    """The readiness probe never blocks the harness: no reader, or a full pipe, is "not yet"."""
+
+    def test_no_reader_is_not_yet(self, tmp_path):
+        """A FIFO nobody reads: False at once."""
+        fifo = tmp_path / "f"
+        os.mkfifo(fifo)
+        assert _write_probe(str(fifo), probe_line("np-probe-1")) is False
+
+    def test_a_full_pipe_is_not_yet(self, tmp_path):
+        """A reader that reads nothing, its pipe full: False at once (a blocking write would wait for ever)."""
+        fifo = tmp_path / "f"
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            fill(filler)
+            assert _write_probe(str(fifo), probe_line("np-probe-2")) is False
+        finally:
+            os.close(filler)
+            os.close(reader)
+
+    def test_a_reader_gets_the_probe(self, tmp_path):
+        """With room in the pipe the probe line arrives whole."""
+        fifo = tmp_path / "f"
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            line = probe_line("np-probe-3")
+            assert _write_probe(str(fifo), line) is True
+            assert os.read(reader, 65536) == line
+        finally:
+            os.close(reader)

@@ -93,6 +93,12 @@ class ScriptedSource:
     def committed(self, offset: int) -> None:
         self.events.append(f"committed {offset}")
 
+    def close_door(self) -> bool:
+        self.events.append("close_door")
+        return False  # no FIFO to swap: the collector goes straight to the seal
+
+    writers_gone = True
+
     def seal(self) -> None:
         self.events.append("seal")
         self._pending.extend(self.at_seal)
@@ -138,6 +144,10 @@ class MemorySink:
             self.counters.lines_stored += batch.lines
         if batch.end_offset is not None:
             self._committed = batch.end_offset
+
+    @property
+    def taking(self) -> bool:
+        return True
 
     @property
     def has_room(self) -> bool:

@@ -23,6 +23,27 @@ class TestDefaultCollectorCommand:
         assert proc.env["NAMEDPIPER_DSN"] == DSN
 
 
+class TestUnparsableDsn:
+    """A DSN libpq cannot parse ends the collector at once with status 2, never showing the DSN."""
+
+    def test_exit_2_without_echoing_the_password(self, tmp_path):
+        """`s3cret%ZZ` is a bad percent-encoding: libpq's own message would quote it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NAMEDPIPER_", "PG"))}
+        env["NAMEDPIPER_DSN"] = "postgresql://loader:s3cret%ZZ@db.example/logs"
+        done = subprocess.run(
+            [sys.executable, "-m", "reference.collector", "--fifo", str(tmp_path / "f")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "cannot parse the DSN" in done.stderr
+        assert "NAMEDPIPER_DSN" in done.stderr
+        assert "s3cret" not in done.stderr + done.stdout
+        assert not (tmp_path / "f").exists()  # refused before anything was created
+
+
 # Locust monkey-patches the process on import: its parser is built in a child interpreter.
 WEB_HOST_SCRIPT = """
 import json, sys

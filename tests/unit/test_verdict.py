@@ -98,6 +98,22 @@ class TestCheck:
         assert [f.split(":")[0] for f in v.failures] == ["min_rows_per_s", "max_collector_rss_mib", "collector_exit"]
 
 
+class TestCollectorExitMeaning:
+    """A failed collector_exit says what the status means, when the adapter knows."""
+
+    def test_the_meaning_is_in_the_failure(self):
+        """The report's exit text (with its meaning) is part of the expectation's line."""
+        report = {"exit": "exit status 4 (lines read were not stored)"}
+        v = judged(verdict(collector_exit=4, collector=report))
+        (failure,) = v.failures
+        assert failure.startswith("collector_exit: collector exit status after SIGTERM: exit status 4 (lines read")
+
+    def test_a_clean_exit_says_nothing_more(self):
+        """Status 0: the plain description."""
+        v = judged(verdict(collector_exit=0, collector={"exit": "exit status 0"}))
+        assert [e.what for e in v.expectations if e.name == "collector_exit"] == ["collector exit status after SIGTERM"]
+
+
 class TestExitStatus:
     """0 pass, 1 fail, 3 interrupted (whatever the expectations say)."""
 
