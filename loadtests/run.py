@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import secrets
@@ -14,12 +15,14 @@ import gevent
 import gevent.event
 import psycopg2
 from locust.html import get_html_report
-from locust.runners import MasterRunner
+from locust.runners import STATE_INIT, STATE_MISSING, MasterRunner
 
 from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
-from loadtests.database import Database, DatabaseUnavailableError
+from loadtests.database import Database, DatabaseUnavailableError, parse_listen
 from loadtests.fifo_client import SourceCounts
+from loadtests.fleet_master import Fleet, fleet_master_problem, host_sections, split_unverified
 from loadtests.lifecycle import CollectorError, SystemUnderTest
+from loadtests.local_hosts import LocalHosts
 from loadtests.options import (
     EXIT_CANNOT_START,
     EXIT_FAIL,
@@ -48,6 +51,11 @@ DRAIN_POLL_S = 0.25
 DRAIN_QUIET_S = DEFAULT_DRAIN_QUIET_S
 # Workers get this long to stop their users and send their counters to the master.
 WORKER_COUNTS_TIMEOUT_S = 30.0
+# A fleet host's owner gets this long beyond --drain-timeout to stop its collector and report (the collector's
+# SIGTERM timeout is 60 s; a report later than that is not waited for).
+FLEET_REPORT_MARGIN_S = 75.0
+# Until the load starts, the master checks this often that the local fleet hosts it started still run.
+LOCAL_HOSTS_POLL_S = 0.5
 # The web UI's charts page of a run under way reloads itself this often (a sample comes every second).
 LIVE_CHARTS_REFRESH_S = 5
 
@@ -61,7 +69,10 @@ class Run:
         # nothing posted to the web UI can change them; only WEB_EDITABLE options are refreshed per run.
         self.options = copy.copy(environment.parsed_options)
         self.interrupt = interrupt
-        self.database = Database(self.options.dsn or None)
+        listen = parse_listen(
+            getattr(self.options, "db_listen", ""), getattr(self.options, "db_listen_allow_remote", False)
+        )
+        self.database = Database(self.options.dsn or None, listen=listen)
         self.database_started = False
         self.sut: SystemUnderTest | None = None
         self.worker_counts: dict[str, dict[str, SourceCounts]] = {}
@@ -80,6 +91,11 @@ class Run:
         self.sampler_run = ""  # the run whose load began (its faults and sampler started)
         self._closing = False
         self._closed = gevent.event.Event()
+        # A fleet (--fleet): the hosts run FIFOs and collectors; this master gathers their reports and verifies.
+        self.fleet = Fleet()
+        self.fleet_run = False  # a fleet run was started and is not finished
+        self.fleet_collected = gevent.event.Event()  # the hosts drained and reported (or were given up on)
+        self.local_hosts: LocalHosts | None = None
 
     # -- start ----------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -87,6 +103,13 @@ class Run:
         set-up (initdb and a collector's start take seconds on a busy machine, which the load must not lose)."""
         self.preparing = True
         try:
+            if getattr(self.options, "fleet", False):
+                problem = fleet_master_problem(self.options, isinstance(self.environment.runner, MasterRunner))
+                if problem:
+                    log.error("cannot start the run: %s", problem)
+                    self.environment.process_exit_code = EXIT_CANNOT_START
+                    raise SystemExit(EXIT_CANNOT_START)
+                self._start_local_hosts()
             self._database()
             if getattr(self.options, "headless", False):
                 self.starter = gevent.spawn(self._start_or_explain, quit_on_error=False)
@@ -106,10 +129,50 @@ class Run:
             self.close()
             raise SystemExit(self.verdict.exit_code if self.verdict is not None else EXIT_INTERRUPTED)
 
+    def _start_local_hosts(self) -> None:
+        """--local-hosts N: start N worker hosts on this machine, each in a mount namespace of its own."""
+        count = int(getattr(self.options, "local_hosts", 0) or 0)
+        if count <= 0:
+            return
+        try:
+            self.local_hosts = LocalHosts.start(self.options, count)
+        except (OSError, ValueError) as exc:
+            log.error("cannot start the run: --local-hosts: %s", exc)
+            self.environment.process_exit_code = EXIT_CANNOT_START
+            raise SystemExit(EXIT_CANNOT_START) from None
+        gevent.spawn(self._watch_local_hosts, self.local_hosts)
+
+    def _watch_local_hosts(self, hosts: LocalHosts) -> None:
+        """Until the load starts: a local host that ended (not root, no unshare) ends the run with status 2, instead
+        of the master waiting for a worker that never comes."""
+        runner = self.environment.runner
+        while runner.state == STATE_INIT and self.local_hosts is hosts:
+            gone = hosts.exited()
+            if gone:
+                log.error("cannot start the run: local fleet host %s", "; ".join(gone))
+                self.start_failed = True
+                self.fleet_run = False  # nothing ran: no verdict to give
+                self.environment.process_exit_code = EXIT_CANNOT_START
+                runner.quit()
+                self.close()  # the other hosts, the database
+                # Locust's headless master waits for its workers in a plain loop that only --expect-workers-max-wait
+                # ends (with status 1, without its quitting event): end it here, cleaned up, with status 2.
+                gevent.get_hub().parent.throw(SystemExit(EXIT_CANNOT_START))
+                return
+            gevent.sleep(LOCAL_HOSTS_POLL_S)
+
     def _database(self) -> None:
         if not self.database_started:
             self.database.start()
             self.database_started = True
+            # Locust's headless master ends with sys.exit(1) and no quitting event when --expect-workers-max-wait
+            # runs out (a fleet host that never came): the embedded database must not outlive the harness then.
+            atexit.register(self._stop_database_at_exit)
+
+    def _stop_database_at_exit(self) -> None:
+        if self.database_started:
+            self.database.close()
+            self.database_started = False
 
     def start(self) -> None:
         """Test start: set up in a greenlet of its own, so a signal during ramp-up cannot cut the set-up in half."""
@@ -186,6 +249,19 @@ class Run:
             live.html_file = str(self.run_dir / "locust.html")
         self.worker_counts = {}
         self.writers.reset()
+        if getattr(o, "fleet", False):
+            # Each host runs its own FIFO and collector; the workers get the run id and the DSN with the spawn
+            # message (Locust passes the master's options to its workers), never on a command line.
+            self.fleet.reset()
+            self.fleet_collected.clear()
+            self.fleet_run = True
+            live.np_fleet = True
+            live.np_dsn = self.database.remote_dsn
+            live.np_fifo = ""
+            live.np_run_id = self.run_id
+            self.started = time.monotonic()
+            log.info("fleet run %s: the hosts write their own FIFOs; reports in %s", self.run_id, self.run_dir)
+            return
         self.sut = SystemUnderTest(o, self.run_dir, self.database)
         self.sut.start()
         live.np_run_id = self.run_id
@@ -212,6 +288,14 @@ class Run:
         """Master: a worker's per-source counters (cumulative for the run)."""
         self.worker_counts[msg.node_id] = {src: SourceCounts.from_dict(c) for src, c in msg.data.items()}
 
+    def receive_host(self, msg, **_kw) -> None:
+        """Master: a fleet worker announced its host (and whether it runs the host's collector)."""
+        self.fleet.receive_hello(msg.node_id, msg.data)
+
+    def receive_host_report(self, msg, **_kw) -> None:
+        """Master: a fleet host drained and stopped its collector."""
+        self.fleet.receive_report(msg.data)
+
     def receive_counts_local(self, counts: Mapping[str, SourceCounts]) -> None:
         """Local runner: the counters of this process's users."""
         self.worker_counts["local"] = copy.deepcopy(dict(counts))
@@ -222,11 +306,34 @@ class Run:
         if self.starter is None or self.finisher is not None:
             return
         self.finisher = gevent.spawn(self.finish)
+        if self.fleet_run and getattr(self.options, "headless", False):
+            # A headless master quits its workers (and stops listening to them) as soon as this returns: the hosts
+            # must drain and report first.
+            self.fleet_collected.wait(WORKER_COUNTS_TIMEOUT_S + self.options.drain_timeout + FLEET_REPORT_MARGIN_S)
+
+    def stop_and_collect_fleet(self) -> None:
+        """A fleet run under way (web UI): stop it and wait until the hosts reported, before anything quits Locust."""
+        if not self.fleet_run:
+            return
+        self.environment.runner.stop()  # fires test_stop (once), which starts the finish
+        self.fleet_collected.wait(WORKER_COUNTS_TIMEOUT_S + self.options.drain_timeout + FLEET_REPORT_MARGIN_S)
 
     def finish(self) -> None:
         """Wait for the data to land, stop the collector, verify, print and record the verdict."""
         if self.starter is not None:
             self.starter.join()
+        if self.fleet_run:
+            try:
+                with locust_tables_muted():
+                    self._finish_fleet()
+            except psycopg2.Error as exc:
+                log.error("run %s: cannot verify: %s", self.run_id, str(exc).strip().splitlines()[0])
+                self.phase = f"run {self.run_id}: cannot verify ({exc})"
+                self.environment.process_exit_code = EXIT_FAIL
+            finally:
+                self.fleet_run = False
+                self.fleet_collected.set()
+            return
         sut = self.sut
         if sut is None:
             return
@@ -307,6 +414,10 @@ class Run:
             timeline=timeline,
             fault_spans=sampler.spans if sampler is not None else [],
         )
+        self._publish(verdict)
+
+    def _publish(self, verdict: Verdict) -> None:
+        """Check the expectations, write the reports, print the verdict, set the exit status, prune old runs."""
         verdict.expectations = check(verdict, self.options)
         self._write_html()
         report = write_report(verdict, self.run_dir)
@@ -323,6 +434,93 @@ class Run:
         )
         self.phase = f"run {self.run_id}: {verdict.status}"
         self._prune(verdict)
+
+    def _collect_fleet(self) -> None:
+        """Master: every worker's counters, then each host's drain and report (its owner drains locally)."""
+        runner = self.environment.runner
+        self._gather_worker_counts()
+        asked = []
+        for host, workers in self.fleet.hosts().items():
+            owner = self.fleet.owner(host)
+            if owner is None or owner.error or owner.client_id not in self.worker_counts:
+                continue
+            expected = sum(c.sent for w in workers for c in self.worker_counts.get(w.client_id, {}).values())
+            runner.send_message(
+                "np_drain",
+                {"expected": expected, "indexes": [w.index for w in workers], "hurry": self.interrupt.hurry.is_set()},
+                owner.client_id,
+            )
+            asked.append(host)
+        deadline = time.monotonic() + self.options.drain_timeout + FLEET_REPORT_MARGIN_S
+        while any(h not in self.fleet.reports for h in asked):
+            if time.monotonic() > deadline or self.interrupt.hurry.is_set():
+                log.error("fleet hosts %s sent no report", [h for h in asked if h not in self.fleet.reports])
+                break
+            self.interrupt.hurry.wait(DRAIN_POLL_S)
+        self.fleet_collected.set()
+
+    def _finish_fleet(self) -> None:
+        """Master of a fleet: collect the hosts' reports, verify centrally, one verdict with a section per host."""
+        users_stopped = time.monotonic()
+        self.phase = f"run {self.run_id}: the hosts drain"
+        _say(f"namedpiper: fleet run {self.run_id}: {len(self.fleet.hosts())} hosts drain and report")
+        self._collect_fleet()
+        counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
+        sent = sum(c.sent for c in counts.values())
+        vanished = {cid: w for cid, w in self.fleet.workers.items() if cid not in self.worker_counts}
+        self.phase = f"run {self.run_id}: verifying"
+        sources, totals = gevent.get_hub().threadpool.apply(
+            verify_run, (self.database.dsn, self.run_id, self.since, counts)
+        )
+        sources, gone, totals = split_unverified(sources, totals, {w.index for w in vanished.values()})
+        last_sent = {cid: self.writers.workers.get(cid, {}).get("sent", 0) for cid in vanished}
+        hosts = host_sections(self.fleet, sources, vanished, last_sent)
+        unverified = []
+        for host in sorted({w.host for w in vanished.values()}):
+            workers = [w for w in vanished.values() if w.host == host]
+            indexes = {w.index for w in workers}
+            theirs = [s for s in gone if int(s.source[1:].split("u")[0]) in indexes]
+            unverified.append(
+                {
+                    "host": host,
+                    "workers": [{"client_id": w.client_id, "index": w.index} for w in workers],
+                    "sources": len(theirs),
+                    "source_names": [s.source for s in theirs],
+                    "rows": sum(s.rows for s in theirs),
+                    "sent_last_report": int(sum(last_sent.get(w.client_id, 0) for w in workers)),
+                }
+            )
+        reported = [h for h in hosts if h["state"] == "reported"]
+        exits = [h["collector_exit"] for h in reported if h["collector_exit"] is not None]
+        rss = [h["collector_peak_rss_mib"] for h in reported if h["collector_peak_rss_mib"] is not None]
+        stats = self.environment.stats.total
+        verdict = Verdict(
+            run_id=self.run_id,
+            scenario=_scenario_name(self.options),
+            totals=totals,
+            sources=sources,
+            latency=Latency(
+                p50_ms=round(stats.get_response_time_percentile(0.5) or 0, 1),
+                p99_ms=round(stats.get_response_time_percentile(0.99) or 0, 1),
+                max_ms=round(stats.max_response_time or 0, 1),
+                blocked_s=round(sum(c.blocked_s for c in counts.values()), 3),
+            ),
+            # Each host measures from its start until its last row landed; the fleet's rate is their sum.
+            rows_per_s=round(sum(h["rows_per_s"] or 0 for h in reported), 1),
+            lines_per_s=round(sent / max(1e-6, users_stopped - self.started), 1),
+            duration_s=round(time.monotonic() - self.started, 2),
+            collector_exit=next((e for e in exits if e != 0), 0) if exits else None,
+            collector_peak_rss_mib=max(rss) if rss else None,
+            interrupted=self.interrupt.signal_name,
+            drain_skipped=self.interrupt.hurry.is_set(),
+            started_at=self.started_at,
+            ended_at=utc_now(),
+            options=recorded_options(self.options, HARNESS_OPTIONS),
+            versions=versions(self.server_version),
+            hosts=hosts,
+            unverified=unverified,
+        )
+        self._publish(verdict)
 
     def _write_html(self) -> None:
         """Locust's HTML report of this run, into its report folder (the web UI writes none by itself)."""
@@ -363,11 +561,15 @@ class Run:
         deadline = time.monotonic() + WORKER_COUNTS_TIMEOUT_S
         asked: set[str] = set()
         while True:
-            missing = [c.id for c in runner.clients.all if c.id not in self.worker_counts]
+            # A worker Locust marked missing (no heartbeat) sends nothing more: not waited for.
+            missing = [
+                c.id for c in runner.clients.all if c.id not in self.worker_counts and c.state != STATE_MISSING
+            ]
             if not missing:
                 return
             if time.monotonic() > deadline or self.interrupt.hurry.is_set():
-                log.error("workers %s sent no counters; their lines count as lost", missing)
+                fate = "are unverified" if self.fleet_run else "count as lost"
+                log.error("workers %s sent no counters; their lines %s", missing, fate)
                 return
             for client_id in set(missing) - asked:
                 runner.send_message("np_stop", None, client_id)
@@ -413,7 +615,7 @@ class Run:
             gevent.event.Event().wait()
         self._closing = True
         try:
-            if self.sut is not None and self.finisher is None:
+            if (self.sut is not None or self.fleet_run) and self.finisher is None:
                 # Locust quits on SIGTERM without stopping the runner first: stop it, which finishes the run.
                 self.interrupt.note("SIGTERM")
                 self.environment.runner.stop()
@@ -425,6 +627,9 @@ class Run:
             if self.sut is not None:
                 self.sut.stop(hurry=True)
                 self.sut = None
+            if self.local_hosts is not None:
+                self.local_hosts.stop()
+                self.local_hosts = None
             if self.database_started:
                 self.database.close()
                 self.database_started = False
@@ -486,7 +691,9 @@ class Run:
     def finishing(self) -> bool:
         """Whether a stopped run is still draining, verifying or writing its verdict (or about to: Locust reports
         "stopped" before its test_stop listeners ran, and the run holds its system under test until the drain)."""
-        return self.sut is not None or (self.finisher is not None and not self.finisher.dead)
+        return (
+            self.sut is not None or self.fleet_run or (self.finisher is not None and not self.finisher.dead)
+        )
 
     def web_verdict(self) -> dict:
         """GET /namedpiper: the phase and the last verdict as JSON."""

@@ -86,6 +86,10 @@ class Verdict:
     # One sample of the pipeline per interval (loadtests/timeline.py), and the faults' spans in its seconds.
     timeline: list[dict] = field(default_factory=list)
     fault_spans: list[dict] = field(default_factory=list)
+    # A fleet run (docs/fleet.md): one section per application host, and the sources of workers that disappeared
+    # mid-run (their lines are unverified: neither landed nor lost in the totals).
+    hosts: list[dict] = field(default_factory=list)
+    unverified: list[dict] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -196,6 +200,13 @@ def check(verdict: Verdict, options) -> list[Expectation]:
         if verdict.collector_exit and verdict.collector and verdict.collector.get("exit"):
             what += f": {verdict.collector['exit']}"  # the adapter's meaning of the status, when it knows one
         found.append(Expectation("collector_exit", what, "=", 0, verdict.collector_exit))
+    if verdict.hosts:
+        vanished = sum(len(u["workers"]) for u in verdict.unverified)
+        found.append(Expectation("vanished_workers", "workers that disappeared (lines unverified)", "=", 0, vanished))
+        reported = sum(1 for h in verdict.hosts if h["state"] == "reported")
+        found.append(
+            Expectation("hosts_reported", "hosts that drained and reported", ">=", len(verdict.hosts), reported)
+        )
     return found
 
 
@@ -203,8 +214,9 @@ def render(verdict: Verdict) -> str:
     """The human-readable verdict printed at the end of a run: table, figures, every expectation, the outcome."""
     t = verdict.totals
     state = f", INTERRUPTED by {verdict.interrupted}" if verdict.interrupted else ""
-    lines = [
-        f"namedpiper verdict: run {verdict.run_id} ({verdict.scenario}){state}, {verdict.duration_s:.1f} s",
+    lines = [f"namedpiper verdict: run {verdict.run_id} ({verdict.scenario}){state}, {verdict.duration_s:.1f} s"]
+    lines.extend(render_hosts(verdict))
+    lines += [
         f"{'source':<14}{'generated':>11}{'sent':>11}{'dropped':>9}{'landed':>11}{'missing':>9}{'dup':>6}{'order':>7}{'corrupt':>9}",
     ]
     for s in verdict.sources[:TABLE_SOURCES]:
@@ -265,6 +277,36 @@ def render(verdict: Verdict) -> str:
     else:
         lines.extend(f"FAIL: {f}" for f in verdict.failures)
     return "\n".join(lines)
+
+
+def render_hosts(verdict: Verdict) -> list[str]:
+    """A fleet run's per-host section: totals per host, each host's faults and state, then unverified workers."""
+    if not verdict.hosts:
+        return []
+    lines = [
+        f"{'host':<14}{'workers':>8}{'sources':>8}{'sent':>11}{'landed':>11}{'lost':>7}{'dup':>6}{'torn':>6}"
+        f"{'rows/s':>9}{'peak RSS':>11}  collector"
+    ]
+    for h in verdict.hosts:
+        rss = f"{h['collector_peak_rss_mib']} MiB" if h.get("collector_peak_rss_mib") is not None else "-"
+        rate = f"{h['rows_per_s']:.0f}" if h.get("rows_per_s") is not None else "-"
+        collector = h.get("collector_exit_text") or "-"
+        lines.append(
+            f"{h['host']:<14}{len(h['workers']):>8}{h['sources']:>8}{h['sent']:>11}{h['landed']:>11}{h['lost']:>7}"
+            f"{h['duplicated']:>6}{h['torn']:>6}{rate:>9}{rss:>11}  {collector}"
+        )
+    for h in verdict.hosts:
+        lines.extend(f"  {h['host']} fault: {f}" for f in h["faults"])
+        if h["state"] != "reported":
+            lines.append(f"  {h['host']}: {h['state']}")
+    for u in verdict.unverified:
+        names = ", ".join(f"{w['client_id']} (index {w['index']})" for w in u["workers"])
+        lines.append(
+            f"unverified: host {u['host']} lost worker {names} mid-run: its {u['sources']} sources' lines are "
+            f"unverified, neither landed nor lost ({u['rows']} rows of them landed; {u['sent_last_report']} sent by "
+            "its last report)"
+        )
+    return lines
 
 
 def write_report(verdict: Verdict, run_dir: Path) -> Path:

@@ -22,6 +22,7 @@ COMMANDS = [
     "loadtests",
     "loadtests.database",
     "loadtests.bench",
+    "loadtests.fleet",
 ]
 # The emitter starts (imports faker, builds its pool) within a few seconds even on a loaded machine.
 START_S = 20
