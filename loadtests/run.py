@@ -562,9 +562,7 @@ class Run:
         asked: set[str] = set()
         while True:
             # A worker Locust marked missing (no heartbeat) sends nothing more: not waited for.
-            missing = [
-                c.id for c in runner.clients.all if c.id not in self.worker_counts and c.state != STATE_MISSING
-            ]
+            missing = [c.id for c in runner.clients.all if c.id not in self.worker_counts and c.state != STATE_MISSING]
             if not missing:
                 return
             if time.monotonic() > deadline or self.interrupt.hurry.is_set():
@@ -691,9 +689,7 @@ class Run:
     def finishing(self) -> bool:
         """Whether a stopped run is still draining, verifying or writing its verdict (or about to: Locust reports
         "stopped" before its test_stop listeners ran, and the run holds its system under test until the drain)."""
-        return (
-            self.sut is not None or self.fleet_run or (self.finisher is not None and not self.finisher.dead)
-        )
+        return self.sut is not None or self.fleet_run or (self.finisher is not None and not self.finisher.dead)
 
     def web_verdict(self) -> dict:
         """GET /namedpiper: the phase and the last verdict as JSON."""

@@ -47,8 +47,10 @@ class TestListening:
             assert f"@127.0.0.1:{port}/" in remote
             psycopg2.connect(remote, connect_timeout=5).close()
             psycopg2.connect(server.dsn, connect_timeout=5).close()  # the harness's own unix socket
-            for bad in (f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-                        f"host=127.0.0.1 port={port} user=postgres dbname=postgres password=wrong"):
+            for bad in (
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres password=wrong",
+            ):
                 with pytest.raises(psycopg2.OperationalError, match="password"):
                     psycopg2.connect(bad, connect_timeout=5)
             password = server.password

@@ -105,9 +105,7 @@ class TestHostSections:
         """web2's two workers' sources add up; its fault and rows/s come from its owner's report."""
         fleet = two_hosts()
         fleet.receive_report({"host": "web1", "rows_per_s": 900.0, "collector_exit": 0, "faults": []})
-        fleet.receive_report(
-            {"host": "web2", "rows_per_s": 800.0, "collector_exit": 0, "faults": ["collector killed"]}
-        )
+        fleet.receive_report({"host": "web2", "rows_per_s": 800.0, "collector_exit": 0, "faults": ["collector killed"]})
         sources = [source("p0u0", 10, 10), source("p1u0", 20, 18), source("p2u0", 5, 5, dup=1)]
         web1, web2 = host_sections(fleet, sources, {}, {})
         assert (web1["sent"], web1["landed"], web1["faults"]) == (10, 10, [])
@@ -116,17 +114,14 @@ class TestHostSections:
         assert web1["state"] == web2["state"] == "reported"
 
     @given(
-        st.lists(
-            st.tuples(st.integers(0, 2), st.integers(0, 40), st.integers(0, 40), st.integers(0, 3)), max_size=15
-        )
+        st.lists(st.tuples(st.integers(0, 2), st.integers(0, 40), st.integers(0, 40), st.integers(0, 3)), max_size=15)
     )
     def test_hosts_add_up_to_the_run(self, rows):
         """Whatever the sources, the hosts' sent, landed, duplicated and torn add up to the sums over all sources,
         and a host's lost never exceeds its missing lines."""
         fleet = two_hosts()
         sources = [
-            source(f"p{w}u{i}", sent, landed, dup=dup, corrupt=dup)
-            for i, (w, sent, landed, dup) in enumerate(rows)
+            source(f"p{w}u{i}", sent, landed, dup=dup, corrupt=dup) for i, (w, sent, landed, dup) in enumerate(rows)
         ]
         sections = host_sections(fleet, sources, {}, {})
         for key, field in (("sent", "sent"), ("landed", "landed"), ("duplicated", "duplicated"), ("torn", "corrupt")):
@@ -196,8 +191,12 @@ class TestFleetMaster:
     def test_needs_master_and_refuses_faults(self):
         """Not a master: refused; a collector or database fault on the master: refused naming the fault."""
         quiet = argparse.Namespace(
-            pause_collector_at=-1, pause_collector_for=0, kill_collector_at="", restart_collector_at=-1,
-            db_outage_at=-1, statement_timeout_at=-1,
+            pause_collector_at=-1,
+            pause_collector_for=0,
+            kill_collector_at="",
+            restart_collector_at=-1,
+            db_outage_at=-1,
+            statement_timeout_at=-1,
         )
         assert fleet_master_problem(quiet, True) == ""
         assert "--master" in fleet_master_problem(quiet, False)
@@ -267,13 +266,13 @@ class TestOwnership:
         finally:
             os.close(fd)
 
-
     def test_a_hosts_own_fifo_wins(self, tmp_path):
         """A host with --fifo (its collector runs beside it, as in docker-compose) writes there; else its run folder."""
         given = argparse.Namespace(host_id="h1", fleet_dir=str(tmp_path), fifo=str(tmp_path / "app.fifo"))
         assert FleetHost(given, "run1", "", 0).fifo == str(tmp_path / "app.fifo")
         default = argparse.Namespace(host_id="h1", fleet_dir=str(tmp_path), fifo="")
         assert FleetHost(default, "run1", "", 0).fifo == str(tmp_path / "run1" / "h1" / "logs.fifo")
+
 
 class TestPrivateFolders:
     """The hosts' run folders sit in a shared /tmp under a predictable name: only a folder of ours, closed, will do."""
@@ -329,4 +328,3 @@ class TestDatabaseListen:
         assert {f[-1] for f in lines if f[0] == "host"} == {"scram-sha-256"}
         assert [f[3] for f in lines if f[0] == "host"][-2:] == ["0.0.0.0/0", "::/0"]
         assert require_password_on_tcp(hba) is False  # idempotent
-
