@@ -13,6 +13,7 @@ import socket
 import stat
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import gevent
@@ -23,6 +24,8 @@ from loadtests.collector_process import CollectorError
 from loadtests.database import Database, DatabaseUnavailableError
 from loadtests.lifecycle import SystemUnderTest
 from loadtests.verify import connect
+from loadtests.window import CLOCK_SKEW_MARGIN, WINDOW_SESSION_SQL, scoped
+from reference.collector.reader import lock_path, stand_in_path
 
 log = logging.getLogger("namedpiper")
 
@@ -39,10 +42,15 @@ READY_MARGIN_S = 15.0
 DRAIN_POLL_S = 0.25
 # A host id names a folder and a verdict section: letters, digits and . _ - only.
 HOST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-# Rows of the run from this host's sources (the sources are Locust worker indexes: unique across the fleet).
-HOST_LANDED_SQL = (
-    "SELECT count(*) FROM logs WHERE data->'_np'->>'run' = %(run)s AND data->'_np'->>'src' LIKE ANY(%(prefixes)s)"
+# Rows of the run from this host's sources (the sources are Locust worker indexes: unique across the fleet), in
+# the run's time window (loadtests/window.py) from the host's own start: polled every DRAIN_POLL_S while draining,
+# so it must not scan a big table.
+HOST_LANDED_TEMPLATE = (
+    "SELECT count(*) FROM logs WHERE {window} AND data->'_np'->>'run' = %(run)s "
+    "AND data->'_np'->>'src' LIKE ANY(%(prefixes)s)"
 )
+HOST_LANDED_SQL = scoped(HOST_LANDED_TEMPLATE)
+HOST_LANDED_WHOLE_TABLE_SQL = scoped(HOST_LANDED_TEMPLATE, whole_table=True)
 
 
 def host_id(options) -> str:
@@ -103,6 +111,7 @@ class FleetHost:
         self.sut: SystemUnderTest | None = None
         self.report_dir: Path | None = None
         self.started = time.monotonic()
+        self.since: datetime | None = None  # the database's now() when this host's collector was ready
         self._lock_fd: int | None = None
         self.error = ""
 
@@ -137,6 +146,7 @@ class FleetHost:
         database = Database(self.dsn)
         self.sut = SystemUnderTest(o, report, database)
         self.sut.start()
+        self.since = _database_now(self.dsn)  # before the load: every line of this host is generated after it
         log.info("host %s: collector ready on %s (run %s)", self.host, self.fifo, self.run_id)
 
     def _mark_ready(self, text: str) -> None:
@@ -197,7 +207,9 @@ class FleetHost:
         last, last_change = -1, time.monotonic()
         while True:
             try:
-                now_count = gevent.get_hub().threadpool.apply(_host_landed, (self.dsn, self.run_id, prefixes))
+                now_count = gevent.get_hub().threadpool.apply(
+                    _host_landed, (self.dsn, self.run_id, prefixes, self.since)
+                )
             except psycopg2.Error as exc:
                 log.warning("host %s: cannot count rows yet (%s)", self.host, str(exc).strip().splitlines()[0])
                 now_count = last
@@ -216,9 +228,11 @@ class FleetHost:
             self.sut.stop(hurry=True)
             self.sut = None
         if self._lock_fd is not None:
-            for name in (FIFO_NAME + ".lock", FIFO_NAME, READY_FILE, OWNER_LOCK):
+            fifo = self.folder / FIFO_NAME
+            beside = (lock_path(fifo), stand_in_path(fifo), self.folder / READY_FILE, self.folder / OWNER_LOCK)
+            for path in (fifo, *beside):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.folder / name)
+                    os.unlink(path)
             os.close(self._lock_fd)
             self._lock_fd = None
             with contextlib.suppress(OSError):
@@ -226,7 +240,19 @@ class FleetHost:
                 self.folder.parent.rmdir()
 
 
-def _host_landed(dsn: str, run_id: str, prefixes: list[str]) -> int:
+def _database_now(dsn: str) -> datetime:
     with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
-        cur.execute(HOST_LANDED_SQL, {"run": run_id, "prefixes": prefixes})
+        cur.execute("SELECT now()")
+        return cur.fetchone()[0]
+
+
+def _host_landed(dsn: str, run_id: str, prefixes: list[str], since: datetime | None) -> int:
+    """Rows of the host's sources; over the whole table only if the host's start time is unknown."""
+    with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
+        if since is None:
+            cur.execute(HOST_LANDED_WHOLE_TABLE_SQL, {"run": run_id, "prefixes": prefixes})
+        else:
+            cur.execute(WINDOW_SESSION_SQL)
+            params = {"run": run_id, "prefixes": prefixes, "since": since, "margin": CLOCK_SKEW_MARGIN}
+            cur.execute(HOST_LANDED_SQL, params)
         return int(cur.fetchone()[0])

@@ -25,6 +25,7 @@ from loadtests.statement_timeout import (
     set_timeout,
     terminate_sessions,
 )
+from reference.collector.reader import lock_path, stand_in_path
 from reference.fifo import ensure_fifo
 
 log = logging.getLogger(__name__)
@@ -243,9 +244,11 @@ class SystemUnderTest:
             status = self.watch.stop(COLLECTOR_HURRY_TIMEOUT_S if hurry else None)
         if self._tmp is not None:
             try:
-                # The reference collector's lock file lies beside the FIFO (reference/collector/reader.py).
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.fifo + ".lock")
+                # The reference collector's lock file and its stop's stand-in FIFO lie beside the FIFO
+                # (reference/collector/reader.py); the run's writers are gone, so nothing waits in the stand-in.
+                for beside in (lock_path(self.fifo), stand_in_path(self.fifo)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(beside)
                 os.unlink(self.fifo)
                 os.rmdir(self._tmp)
             except OSError as exc:

@@ -10,6 +10,7 @@ import pytest
 
 from loadtests.adapters.readiness import PROBE_SQL
 from loadtests.bench.verify_scale import RUN_SOURCES, fill, source_counts
+from loadtests.fleet_host import HOST_LANDED_SQL
 from loadtests.verify import (
     LANDED_COUNT_SQL,
     LANDED_SEQS_SQL,
@@ -88,10 +89,11 @@ class TestPlans:
     def test_logs_queries_use_the_time_index(self, run_db):
         """The per-source, drain-count, byte-accounting and probe queries read logs through logs_time_idx."""
         dsn, since = run_db
-        params = {"run": RUN, "since": since, "margin": CLOCK_SKEW_MARGIN, "sources": ["p0u1"]}
+        params = {"run": RUN, "since": since, "margin": CLOCK_SKEW_MARGIN, "sources": ["p0u1"], "prefixes": ["p0u%"]}
         for name, sql in {
             "per source": scoped(PER_SOURCE_SQL),
             "drain count": LANDED_COUNT_SQL,
+            "fleet host's drain count": HOST_LANDED_SQL,
             "byte accounting": scoped(LANDED_SEQS_SQL),
         }.items():
             text = plan(dsn, sql, params)
