@@ -40,6 +40,11 @@ PASSWORD_BYTES = 24
 LISTEN_START_TIMEOUT_S = 60
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP addresses; ValueError for a name that is no IP address."""
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
 def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int] | None:
     """--db-listen HOST:PORT -> (host, port); None when empty. ValueError for a bad address, or a non-loopback one
     without allow_remote (the database's superuser would face the network)."""
@@ -56,7 +61,7 @@ def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int] | Non
         raise ValueError(f"--db-listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:55432")
     if host != "localhost":
         try:
-            loopback = ipaddress.ip_address(host).is_loopback
+            loopback = is_loopback(host)
         except ValueError:
             raise ValueError(f"--db-listen {text!r}: give an IP address (or localhost), not {host!r}") from None
         if not loopback and not allow_remote:

@@ -6,6 +6,7 @@ import copy
 import functools
 import itertools
 import logging
+import os
 import random
 import signal
 import sys
@@ -14,7 +15,6 @@ from pathlib import Path
 # Run from a checkout without `pip install -e .`: make the project importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg2
 from locust import User, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
@@ -29,6 +29,7 @@ from loadtests.interrupt import Interrupt
 from loadtests.options import EXIT_CANNOT_START, add_options, parse_size_mix
 from loadtests.run import Run
 from loadtests.timeline import REPORT_KEY, writer_totals
+from reference.dsn import DSN_ENV
 from reference.events import EventFactory
 from reference.fifo import PIPE_BUF
 from reference.sizes import parse_size
@@ -157,13 +158,14 @@ def _on_np_drain(environment, msg, **_kw) -> None:
     data = msg.data or {}
     try:
         report = host.finish(int(data.get("expected", 0)), list(data.get("indexes", [])), bool(data.get("hurry")))
-    except (CollectorError, OSError, psycopg2.Error) as exc:
-        # The master still hears from this host (its section says why), instead of waiting for a report in vain.
-        log.error("host %s: drain failed: %s", host.host, exc)
-        report = {"host": host.host, "error": f"drain failed: {exc}"}
-    finally:
-        host.close()
+    except Exception as exc:
+        log.exception("host %s: drain failed", host.host)
+        report = {"host": host.host, "error": f"drain failed: {type(exc).__name__}: {exc}"}
     environment.runner.send_message("np_host_report", report)
+    try:
+        host.close()
+    except OSError as exc:
+        log.error("host %s: cannot clean up its run folder: %s", host.host, exc)
 
 
 def _join_host(environment) -> None:
@@ -173,9 +175,16 @@ def _join_host(environment) -> None:
         _host.close()
     o = environment.parsed_options
     runner = environment.runner
-    _host = FleetHost(_own_options or o, o.np_run_id, getattr(o, "np_dsn", ""), runner.worker_index)
+    # The host's own NAMEDPIPER_DSN first (a DSN with a password never comes from the master: see run.py).
+    dsn = os.environ.get(DSN_ENV, "") or getattr(o, "np_dsn", "")
+    _host = FleetHost(_own_options or o, o.np_run_id, dsn, runner.worker_index)
     error = ""
     try:
+        if not dsn:
+            raise CollectorError(
+                f"no database: set {DSN_ENV} on this host to the central database's DSN (the master sends a DSN "
+                "only when it holds no password, since anyone who connects to its port would receive it)"
+            )
         _host.join()
     except (CollectorError, OSError) as exc:
         error = str(exc)

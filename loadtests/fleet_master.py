@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 
 from loadtests.adapters.stopping import collector_faults
+from loadtests.fleet_host import HOST_ID_PATTERN
 from loadtests.verify import SourceResult, Totals, _lines_explained_by_rejections
+
+log = logging.getLogger("namedpiper")
+
+# The section of workers that joined the master's port but never said which host they are (no host id can be
+# spelled so): their lines are unverified, and they count as vanished workers.
+UNANNOUNCED = "(unannounced)"
 
 # A source is p<Locust worker index>u<user number>: the worker index ties it to its host.
 SOURCE_WORKER = re.compile(r"^p(\d+)u\d+$")
@@ -36,15 +44,41 @@ class Fleet:
         self.workers.clear()
         self.reports.clear()
 
-    def receive_hello(self, client_id: str, data: dict) -> None:
-        """A worker's np_host message: its host, its index, whether it owns the host's collector."""
+    def receive_hello(self, client_id: str, data: dict, index: int) -> None:
+        """A worker's np_host message: its host and whether it owns the host's collector.
+
+        The index is the one the master gave this client (not the message's): anyone who reaches the master port
+        can send messages, so nothing a message says about who sent it is taken on trust.
+        """
+        host = str(data.get("host", ""))
+        if not HOST_ID_PATTERN.fullmatch(host):
+            log.warning("ignored a host announcement from %s: %r is no host id", client_id, host[:80])
+            return
         self.workers[client_id] = HostWorker(
-            client_id, int(data["index"]), str(data["host"]), bool(data.get("owner")), str(data.get("error") or "")
+            client_id, index, host, bool(data.get("owner")), str(data.get("error") or "")
         )
 
-    def receive_report(self, data: dict) -> None:
-        """A host owner's np_host_report after its drain."""
-        self.reports[str(data["host"])] = dict(data)
+    def receive_report(self, client_id: str, data: dict) -> None:
+        """A host owner's np_host_report after its drain: taken once, and only from the worker that owns the host."""
+        host = str(data.get("host", ""))
+        owner = self.owner(host)
+        if owner is None or owner.client_id != client_id or host in self.reports:
+            log.warning(
+                "ignored a report for host %r from %s: not the worker that runs its collector", host[:80], client_id
+            )
+            return
+        self.reports[host] = dict(data)
+
+    def note_unannounced(self, clients: dict[str, int]) -> list[HostWorker]:
+        """Workers (client id -> index) that never announced a host: listed under UNANNOUNCED, returned."""
+        found = [
+            HostWorker(cid, index, UNANNOUNCED, False, "never announced its host")
+            for cid, index in clients.items()
+            if cid not in self.workers
+        ]
+        for w in found:
+            self.workers[w.client_id] = w
+        return found
 
     def hosts(self) -> dict[str, list[HostWorker]]:
         """Host -> its workers, hosts sorted by name."""

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 
+from reference.dsn import DSN_ENV
+
 log = logging.getLogger("namedpiper")
 
 # Local hosts are named host1, host2, ... (--local-host-args refers to them by these names).
@@ -50,14 +52,20 @@ class LocalHosts:
         self._logs = logs
 
     @classmethod
-    def start(cls, options, count: int) -> LocalHosts:
-        """Start count hosts as Locust workers of this master (127.0.0.1, its --master-bind-port)."""
+    def start(cls, options, count: int, dsn: str = "") -> LocalHosts:
+        """Start count hosts as Locust workers of this master (127.0.0.1, its --master-bind-port).
+
+        They get the database's DSN in their environment (NAMEDPIPER_DSN, readable by this user and root only),
+        never in Locust's spawn message, which any client of the master port receives.
+        """
         names = [HOST_NAME.format(i + 1) for i in range(count)]
         extra = parse_host_args(getattr(options, "local_host_args", ""), names)
         report_dir = Path(getattr(options, "report_dir", "") or "reports").resolve()
         log_dir = report_dir / "local-hosts"
         log_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
+        if dsn:
+            env[DSN_ENV] = dsn
         port = str(getattr(options, "master_bind_port", 5557) or 5557)
         procs: dict[str, subprocess.Popen] = {}
         logs = []

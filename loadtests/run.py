@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import copy
 import logging
+import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -18,9 +19,9 @@ from locust.html import get_html_report
 from locust.runners import STATE_INIT, STATE_MISSING, MasterRunner
 
 from loadtests.adapters.base import DEFAULT_DRAIN_QUIET_S, drain_quiet_s
-from loadtests.database import Database, DatabaseUnavailableError, parse_listen
+from loadtests.database import Database, DatabaseUnavailableError, is_loopback, parse_listen
 from loadtests.fifo_client import SourceCounts
-from loadtests.fleet_master import Fleet, fleet_master_problem, host_sections, split_unverified
+from loadtests.fleet_master import UNANNOUNCED, Fleet, fleet_master_problem, host_sections, split_unverified
 from loadtests.lifecycle import CollectorError, SystemUnderTest
 from loadtests.local_hosts import LocalHosts
 from loadtests.options import (
@@ -40,6 +41,7 @@ from loadtests.timeline import DEFAULT_INTERVAL_S, Probes, Sampler, WriterTotals
 from loadtests.verdict import Latency, Verdict, check, render, write_report
 from loadtests.verify import connect, landed_count, verify_run
 from loadtests.webui import CHARTS_PATH
+from reference.dsn import DSN_ENV, redact
 from reference.schema import apply_schema
 
 log = logging.getLogger("namedpiper")
@@ -56,6 +58,9 @@ WORKER_COUNTS_TIMEOUT_S = 30.0
 FLEET_REPORT_MARGIN_S = 75.0
 # Until the load starts, the master checks this often that the local fleet hosts it started still run.
 LOCAL_HOSTS_POLL_S = 0.5
+# Where a fleet master with a listening embedded database writes its DSN for hosts on other machines (beside the
+# data folder, mode 600): the master never sends a password over its port.
+FLEET_DSN_FILE = "fleet-dsn"
 # The web UI's charts page of a run under way reloads itself this often (a sample comes every second).
 LIVE_CHARTS_REFRESH_S = 5
 
@@ -74,6 +79,7 @@ class Run:
         )
         self.database = Database(self.options.dsn or None, listen=listen)
         self.database_started = False
+        self._told_remote_hosts = False
         self.sut: SystemUnderTest | None = None
         self.worker_counts: dict[str, dict[str, SourceCounts]] = {}
         self.verdict: Verdict | None = None
@@ -109,8 +115,9 @@ class Run:
                     log.error("cannot start the run: %s", problem)
                     self.environment.process_exit_code = EXIT_CANNOT_START
                     raise SystemExit(EXIT_CANNOT_START)
-                self._start_local_hosts()
             self._database()
+            if getattr(self.options, "fleet", False):
+                self._start_local_hosts()
             if getattr(self.options, "headless", False):
                 self.starter = gevent.spawn(self._start_or_explain, quit_on_error=False)
                 self.starter.join()
@@ -129,13 +136,43 @@ class Run:
             self.close()
             raise SystemExit(self.verdict.exit_code if self.verdict is not None else EXIT_INTERRUPTED)
 
+    def _tell_remote_hosts(self, dsn: str) -> None:
+        """Say once how hosts on other machines reach the database the master does not send them."""
+        if self._told_remote_hosts or int(getattr(self.options, "local_hosts", 0) or 0) > 0:
+            return
+        self._told_remote_hosts = True
+        embedded = self.database.embedded
+        if embedded is None or dsn == self.database.dsn:
+            if redact(dsn) != dsn:
+                log.info("fleet: the DSN holds a password, so the master does not send it: give each host %s", DSN_ENV)
+            return
+        host, port = embedded.listen or ("", 0)
+        if is_loopback(host):
+            log.warning(
+                "fleet: --db-listen %s:%d is this machine's loopback: hosts on other machines cannot reach it; give "
+                "an address they can reach with --db-listen-allow-remote, or a server of your own in %s",
+                host,
+                port,
+                DSN_ENV,
+            )
+        secret = embedded.data_dir.parent / FLEET_DSN_FILE
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(dsn + "\n")
+        log.warning(
+            "fleet: hosts on other machines need %s set to the DSN in %s (mode 600: it holds the database's "
+            "password, which the master never sends over its port)",
+            DSN_ENV,
+            secret,
+        )
+
     def _start_local_hosts(self) -> None:
         """--local-hosts N: start N worker hosts on this machine, each in a mount namespace of its own."""
         count = int(getattr(self.options, "local_hosts", 0) or 0)
         if count <= 0:
             return
         try:
-            self.local_hosts = LocalHosts.start(self.options, count)
+            self.local_hosts = LocalHosts.start(self.options, count, self.database.remote_dsn)
         except (OSError, ValueError) as exc:
             log.error("cannot start the run: --local-hosts: %s", exc)
             self.environment.process_exit_code = EXIT_CANNOT_START
@@ -256,7 +293,12 @@ class Run:
             self.fleet_collected.clear()
             self.fleet_run = True
             live.np_fleet = True
-            live.np_dsn = self.database.remote_dsn
+            # Locust's spawn message goes to whoever connects to the master port, unauthenticated: a DSN with a
+            # password never travels in it. The local hosts have it in their environment; other hosts need their own
+            # NAMEDPIPER_DSN (docs/fleet.md).
+            dsn = self.database.remote_dsn
+            live.np_dsn = dsn if redact(dsn) == dsn else ""
+            self._tell_remote_hosts(dsn)
             live.np_fifo = ""
             live.np_run_id = self.run_id
             self.started = time.monotonic()
@@ -290,11 +332,11 @@ class Run:
 
     def receive_host(self, msg, **_kw) -> None:
         """Master: a fleet worker announced its host (and whether it runs the host's collector)."""
-        self.fleet.receive_hello(msg.node_id, msg.data)
+        self.fleet.receive_hello(msg.node_id, msg.data or {}, self.environment.runner.get_worker_index(msg.node_id))
 
     def receive_host_report(self, msg, **_kw) -> None:
         """Master: a fleet host drained and stopped its collector."""
-        self.fleet.receive_report(msg.data)
+        self.fleet.receive_report(msg.node_id, msg.data or {})
 
     def receive_counts_local(self, counts: Mapping[str, SourceCounts]) -> None:
         """Local runner: the counters of this process's users."""
@@ -467,7 +509,15 @@ class Run:
         self._collect_fleet()
         counts = {src: c for per_worker in self.worker_counts.values() for src, c in per_worker.items()}
         sent = sum(c.sent for c in counts.values())
-        vanished = {cid: w for cid, w in self.fleet.workers.items() if cid not in self.worker_counts}
+        runner = self.environment.runner
+        unannounced = self.fleet.note_unannounced({c.id: runner.get_worker_index(c.id) for c in runner.clients.all})
+        vanished = {
+            cid: w
+            for cid, w in self.fleet.workers.items()
+            if cid not in self.worker_counts or w.host == UNANNOUNCED  # an unknown client's counters prove nothing
+        }
+        for w in unannounced:
+            log.warning("worker %s (index %d) joined the run but never announced a host", w.client_id, w.index)
         self.phase = f"run {self.run_id}: verifying"
         sources, totals = gevent.get_hub().threadpool.apply(
             verify_run, (self.database.dsn, self.run_id, self.since, counts)

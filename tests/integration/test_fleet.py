@@ -3,9 +3,12 @@ its own FIFO and reference collector, one central PostgreSQL (issue 15)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +66,30 @@ def finished(harness: Harness, tmp_path: Path, started: Sequence[psutil.Process]
         harness.stop()
     assert "Traceback" not in harness.output(), harness.output()[-4000:]
     return code, verdict
+
+
+# A client of the master port that is no fleet host: it says client_ready like a Locust worker, prints what the
+# spawn message offers it (the DSN the master shares), then goes silent without ever announcing a host.
+SPY_WORKER = r"""
+import json, sys, time
+from locust import __version__
+from locust.rpc import Message, zmqrpc
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+identity = "spy_" + str(time.time_ns())
+client = zmqrpc.Client("127.0.0.1", port, identity)
+client.send(Message("client_ready", __version__, identity))
+beat = {"state": "ready", "current_cpu_usage": 0, "current_memory_usage": 0}
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    client.send(Message("heartbeat", beat, identity))  # a worker that looks alive, so the master counts it
+    if not client.socket.poll(1000):
+        continue
+    msg = client.recv()
+    if msg.type == "spawn":
+        print(json.dumps({"np_dsn": msg.data["parsed_options"].get("np_dsn"), "data": repr(msg.data)}), flush=True)
+        break
+client.close()
+"""
 
 
 def host(verdict: dict, name: str) -> dict:
@@ -212,6 +239,57 @@ class TestFleet:
         assert code == 0, verdict["failures"]
         assert password not in (tmp_path / "reports" / verdict["run_id"] / "verdict.json").read_text()
         assert password not in harness.output()
+
+    def test_a_client_of_the_master_port_gets_no_password_and_is_named(self, tmp_path):
+        """Anyone can join Locust's master port as a worker: the spawn message it gets holds no DSN with a password
+        (the local hosts have theirs in their environment), and a client that never announces a host is named in
+        the verdict, its lines unverified, and fails vanished_workers."""
+        port = free_port()
+        master = master_port_args()
+        harness = Harness(
+            [
+                "--config",
+                "scenarios/fleet.conf",
+                "--run-time",
+                RUN_TIME,
+                "--report-dir",
+                str(tmp_path / "reports"),
+                "--db-listen",
+                f"127.0.0.1:{port}",
+                "--expect-workers",
+                "3",
+                *master,
+            ],
+            tmp_path / "locust.log",
+            env=clean_env(**{DATA_DIR_ENV: str(tmp_path / "pgdata")}),
+        )
+        try:
+            spy = subprocess.run(
+                [sys.executable, "-c", SPY_WORKER, master[1], "90"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=clean_env(),
+            )
+            collectors = []
+            deadline = time.monotonic() + 30
+            while len(collectors) < 2 and time.monotonic() < deadline:
+                collectors = [p for p in harness.descendants() if "reference.collector" in " ".join(p.cmdline())]
+                time.sleep(0.2)
+            dsns = [psycopg2.extensions.parse_dsn(p.environ()["NAMEDPIPER_DSN"]) for p in collectors]
+            passwords = {d.get("password") for d in dsns}
+        except BaseException:
+            harness.stop()
+            raise
+        seen = json.loads(spy.stdout.strip().splitlines()[-1]) if spy.stdout.strip() else None
+        code, verdict = finished(harness, tmp_path)
+        assert seen is not None, spy.stderr[-2000:]
+        assert seen["np_dsn"] == ""
+        assert passwords, harness.output()[-3000:]
+        assert not any(p and p in seen["data"] for p in passwords)
+        assert code == 1
+        assert any(f.startswith("vanished_workers") for f in verdict["failures"]), verdict["failures"]
+        assert "(unannounced)" in {h["host"] for h in verdict["hosts"]}
 
     def test_a_fleet_from_the_web_ui(self, dsn, tmp_path):
         """Start and stop a fleet run in the web UI: /stop returns at once, the hosts drain in the background, one

@@ -15,7 +15,14 @@ from loadtests.collector_process import CollectorError
 from loadtests.database import parse_listen, require_password_on_tcp
 from loadtests.fleet import unshare_argv, worker_argv
 from loadtests.fleet_host import OWNER_LOCK, FleetHost, host_id, private_folders, source_prefixes
-from loadtests.fleet_master import Fleet, fleet_master_problem, host_sections, split_unverified, worker_of_source
+from loadtests.fleet_master import (
+    UNANNOUNCED,
+    Fleet,
+    fleet_master_problem,
+    host_sections,
+    split_unverified,
+    worker_of_source,
+)
 from loadtests.local_hosts import parse_host_args
 from loadtests.verdict import Latency, Verdict, check, render
 from loadtests.verify import SourceResult, Totals
@@ -42,9 +49,9 @@ def totals_of(sources: list[SourceResult]) -> Totals:
 
 def two_hosts() -> Fleet:
     fleet = Fleet()
-    fleet.receive_hello("a", {"host": "web1", "index": 0, "owner": True})
-    fleet.receive_hello("b", {"host": "web2", "index": 1, "owner": True})
-    fleet.receive_hello("c", {"host": "web2", "index": 2, "owner": False})
+    fleet.receive_hello("a", {"host": "web1", "owner": True}, 0)
+    fleet.receive_hello("b", {"host": "web2", "owner": True}, 1)
+    fleet.receive_hello("c", {"host": "web2", "owner": False}, 2)
     return fleet
 
 
@@ -104,8 +111,10 @@ class TestHostSections:
     def test_sections_sum_and_carry_the_hosts_report(self):
         """web2's two workers' sources add up; its fault and rows/s come from its owner's report."""
         fleet = two_hosts()
-        fleet.receive_report({"host": "web1", "rows_per_s": 900.0, "collector_exit": 0, "faults": []})
-        fleet.receive_report({"host": "web2", "rows_per_s": 800.0, "collector_exit": 0, "faults": ["collector killed"]})
+        fleet.receive_report("a", {"host": "web1", "rows_per_s": 900.0, "collector_exit": 0, "faults": []})
+        fleet.receive_report(
+            "b", {"host": "web2", "rows_per_s": 800.0, "collector_exit": 0, "faults": ["collector killed"]}
+        )
         sources = [source("p0u0", 10, 10), source("p1u0", 20, 18), source("p2u0", 5, 5, dup=1)]
         web1, web2 = host_sections(fleet, sources, {}, {})
         assert (web1["sent"], web1["landed"], web1["faults"]) == (10, 10, [])
@@ -141,7 +150,7 @@ class TestHostSections:
     def test_verdict_prints_hosts_and_fails_on_a_vanished_worker(self):
         """The rendered verdict has a host table, the unverified line, and two failed fleet expectations."""
         fleet = two_hosts()
-        fleet.receive_report({"host": "web1", "rows_per_s": 900.0, "collector_exit": 0, "faults": ["x"]})
+        fleet.receive_report("a", {"host": "web1", "rows_per_s": 900.0, "collector_exit": 0, "faults": ["x"]})
         vanished = {"b": fleet.workers["b"]}
         sources = [source("p0u0", 10, 10)]
         verdict = Verdict(
@@ -208,9 +217,9 @@ class TestFleetMaster:
     def test_two_owners_of_one_host_are_an_error(self):
         """Two machines with one --host-id each start a collector: the host's section says so, not 'reported'."""
         fleet = Fleet()
-        fleet.receive_hello("a", {"host": "web", "index": 0, "owner": True})
-        fleet.receive_hello("b", {"host": "web", "index": 1, "owner": True})
-        fleet.receive_report({"host": "web", "rows_per_s": 1.0, "collector_exit": 0, "faults": []})
+        fleet.receive_hello("a", {"host": "web", "owner": True}, 0)
+        fleet.receive_hello("b", {"host": "web", "owner": True}, 1)
+        fleet.receive_report("a", {"host": "web", "rows_per_s": 1.0, "collector_exit": 0, "faults": []})
         [web] = host_sections(fleet, [], {}, {})
         assert "share a --host-id" in web["state"]
 
@@ -328,3 +337,31 @@ class TestDatabaseListen:
         assert {f[-1] for f in lines if f[0] == "host"} == {"scram-sha-256"}
         assert [f[3] for f in lines if f[0] == "host"][-2:] == ["0.0.0.0/0", "::/0"]
         assert require_password_on_tcp(hba) is False  # idempotent
+
+
+class TestUntrustedMessages:
+    """Anyone who reaches the master port can send messages: the master takes nothing from them on trust."""
+
+    def test_a_report_counts_only_from_the_hosts_collector_owner(self):
+        """A report from another client, or a second one, is ignored."""
+        fleet = two_hosts()
+        fleet.receive_report("c", {"host": "web2", "rows_per_s": 123456789.0, "collector_exit": 0, "faults": []})
+        fleet.receive_report("x", {"host": "web1", "rows_per_s": 123456789.0, "collector_exit": 0, "faults": []})
+        assert fleet.reports == {}
+        fleet.receive_report("b", {"host": "web2", "rows_per_s": 800.0, "collector_exit": 0, "faults": []})
+        fleet.receive_report("b", {"host": "web2", "rows_per_s": 1.0, "collector_exit": 0, "faults": ["FORGED"]})
+        assert fleet.reports["web2"]["rows_per_s"] == 800.0
+
+    @pytest.mark.parametrize("host", ["evil\n  ✓ forged_line  0 = 0", "host1\n", "../x", "", "x" * 64])
+    def test_an_announcement_with_no_host_id_is_ignored(self, host):
+        """A host id that could not name a folder (newlines included) never reaches the verdict."""
+        fleet = Fleet()
+        fleet.receive_hello("spy", {"host": host, "owner": True}, 7)
+        assert fleet.workers == {}
+
+    def test_clients_that_never_announced_are_listed(self):
+        """A client of the master port that said nothing gets a section of its own, with the index it was given."""
+        fleet = two_hosts()
+        found = fleet.note_unannounced({"a": 0, "b": 1, "c": 2, "spy": 3})
+        assert [(w.client_id, w.index, w.host) for w in found] == [("spy", 3, UNANNOUNCED)]
+        assert "spy" in fleet.workers
