@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-dir", type=Path, default=None, help="the hosts' run folder (TMPDIR/namedpiper-fleet)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(ours)
-    if not HOST_ID_PATTERN.match(args.host_id):
+    if not HOST_ID_PATTERN.fullmatch(args.host_id):
         parser.error(f"--host-id {args.host_id!r}: give letters, digits, '.', '_' or '-'")
     args.fleet_dir = (args.fleet_dir or fleet_dir(None)).resolve()
     if not args.inside:

@@ -56,7 +56,7 @@ HOST_LANDED_WHOLE_TABLE_SQL = scoped(HOST_LANDED_TEMPLATE, whole_table=True)
 def host_id(options) -> str:
     """--host-id, or this machine's hostname; ValueError for a name that cannot be a folder."""
     name = (getattr(options, "host_id", "") or "").strip() or socket.gethostname().split(".")[0]
-    if not HOST_ID_PATTERN.match(name):
+    if not HOST_ID_PATTERN.fullmatch(name):
         raise ValueError(
             f"--host-id {name!r}: give 1 to 63 letters, digits, '.', '_' or '-' (it names the host's run folder)"
         )
