@@ -159,9 +159,12 @@ class TestExact:
         dsn, since = run_db
         with contextlib.closing(connect(dsn)) as conn, conn.cursor() as cur:
             # Two lines of p0u3 torn into one row that parsed: the content check fails, the time is a year off.
+            # Deleted and inserted again, not updated: a hypertable cannot move a row to another chunk by UPDATE.
             cur.execute(
-                "UPDATE logs SET time = time - interval '1 year', data = jsonb_set(data, '{message}', '\"torn\"') "
-                "WHERE data->'_np'->>'run' = %s AND data->'_np'->>'src' = 'p0u3' AND data->'_np'->>'seq' = '7'",
+                "WITH torn AS (DELETE FROM logs WHERE data->'_np'->>'run' = %s AND data->'_np'->>'src' = 'p0u3' "
+                "AND data->'_np'->>'seq' = '7' RETURNING *) "
+                "INSERT INTO logs SELECT time - interval '1 year', application_name, environment_name, log_event, "
+                "trace_id, file_path, host_ip, jsonb_set(data, '{message}', '\"torn\"') FROM torn",
                 (RUN,),
             )
             assert cur.rowcount == 1
