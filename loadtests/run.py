@@ -431,12 +431,7 @@ class Run:
             scenario=_scenario_name(self.options),
             totals=totals,
             sources=sources,
-            latency=Latency(
-                p50_ms=round(stats.get_response_time_percentile(0.5) or 0, 1),
-                p99_ms=round(stats.get_response_time_percentile(0.99) or 0, 1),
-                max_ms=round(stats.max_response_time or 0, 1),
-                blocked_s=round(sum(c.blocked_s for c in counts.values()), 3),
-            ),
+            latency=_latency(stats, counts),
             rows_per_s=round(totals.landed / lasted, 1),
             lines_per_s=round(sent / max(1e-6, users_stopped - self.started), 1),
             duration_s=round(lasted, 2),
@@ -549,12 +544,7 @@ class Run:
             scenario=_scenario_name(self.options),
             totals=totals,
             sources=sources,
-            latency=Latency(
-                p50_ms=round(stats.get_response_time_percentile(0.5) or 0, 1),
-                p99_ms=round(stats.get_response_time_percentile(0.99) or 0, 1),
-                max_ms=round(stats.max_response_time or 0, 1),
-                blocked_s=round(sum(c.blocked_s for c in counts.values()), 3),
-            ),
+            latency=_latency(stats, counts),
             # Each host measures from its start until its last row landed; the fleet's rate is their sum.
             rows_per_s=round(sum(h["rows_per_s"] or 0 for h in reported), 1),
             lines_per_s=round(sent / max(1e-6, users_stopped - self.started), 1),
@@ -761,6 +751,16 @@ def _shown_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _latency(stats, counts: Mapping[str, SourceCounts]) -> Latency:
+    """Write latency from Locust's statistics (one request a write), and the time writers spent blocked."""
+    return Latency(
+        p50_ms=round(stats.get_response_time_percentile(0.5) or 0, 1),
+        p99_ms=round(stats.get_response_time_percentile(0.99) or 0, 1),
+        max_ms=round(stats.max_response_time or 0, 1),
+        blocked_s=round(sum(c.blocked_s for c in counts.values()), 3),
+    )
 
 
 def _scenario_name(options) -> str:

@@ -51,6 +51,25 @@ def start_fleet(dsn: str, tmp_path: Path, *extra: str) -> Harness:
     )
 
 
+def start_listening_fleet(tmp_path: Path, db_port: int, *extra: str) -> Harness:
+    """`locust --config scenarios/fleet.conf` shortened, with no DSN: its own embedded database on 127.0.0.1:db_port."""
+    return Harness(
+        [
+            "--config",
+            "scenarios/fleet.conf",
+            "--run-time",
+            RUN_TIME,
+            "--report-dir",
+            str(tmp_path / "reports"),
+            "--db-listen",
+            f"127.0.0.1:{db_port}",
+            *extra,
+        ],
+        tmp_path / "locust.log",
+        env=clean_env(**{DATA_DIR_ENV: str(tmp_path / "pgdata")}),
+    )
+
+
 def finished(harness: Harness, tmp_path: Path, started: Sequence[psutil.Process] = ()) -> tuple[int, dict]:
     """Wait for the master to exit (bounded); its status and verdict. Whatever the run started (the given processes,
     anything naming the run id) must have ended with it; the clean-up by pid comes after that check."""
@@ -201,21 +220,7 @@ class TestFleet:
         collectors load through it (their NAMEDPIPER_DSN), and the password is on no command line nor in the
         verdict."""
         port = free_port()
-        harness = Harness(
-            [
-                "--config",
-                "scenarios/fleet.conf",
-                "--run-time",
-                RUN_TIME,
-                "--report-dir",
-                str(tmp_path / "reports"),
-                "--db-listen",
-                f"127.0.0.1:{port}",
-                *master_port_args(),
-            ],
-            tmp_path / "locust.log",
-            env=clean_env(**{DATA_DIR_ENV: str(tmp_path / "pgdata")}),
-        )
+        harness = start_listening_fleet(tmp_path, port, *master_port_args())
         try:
             harness.wait_for("Sending spawn jobs", timeout=120)
             collectors = []
@@ -244,25 +249,8 @@ class TestFleet:
         """Anyone can join Locust's master port as a worker: the spawn message it gets holds no DSN with a password
         (the local hosts have theirs in their environment), and a client that never announces a host is named in
         the verdict, its lines unverified, and fails vanished_workers."""
-        port = free_port()
         master = master_port_args()
-        harness = Harness(
-            [
-                "--config",
-                "scenarios/fleet.conf",
-                "--run-time",
-                RUN_TIME,
-                "--report-dir",
-                str(tmp_path / "reports"),
-                "--db-listen",
-                f"127.0.0.1:{port}",
-                "--expect-workers",
-                "3",
-                *master,
-            ],
-            tmp_path / "locust.log",
-            env=clean_env(**{DATA_DIR_ENV: str(tmp_path / "pgdata")}),
-        )
+        harness = start_listening_fleet(tmp_path, free_port(), "--expect-workers", "3", *master)
         try:
             spy = subprocess.run(
                 [sys.executable, "-c", SPY_WORKER, master[1], "90"],
