@@ -33,6 +33,7 @@ from loadtests.bench.verify_scale import add_arguments as add_verify_arguments
 from loadtests.bench.verify_scale import measure_verify, render_verify
 from loadtests.database import DatabaseUnavailableError
 from reference import VERSION_TEXT
+from reference.collector.validate import COMPILED
 from reference.fifo import PIPE_BUF
 from reference.sizes import SIZE_CLASSES
 
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     title = (
         f"namedpiper benchmark: {args.lines:,} {args.size} lines ({size.low}-{size.high} B) and {args.lines:,} "
         f"independent ones ({LINE_LOW}-{LINE_HIGH} B), seed {args.seed}, PostgreSQL {version or '-'}, "
-        f"{os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s"
+        f"{os.cpu_count()} CPUs, load {load_before[0]:.1f}, {elapsed:.0f} s, line parser "
+        f"{'compiled' if COMPILED else 'Python only (the C part is not built)'}"
     )
     _say(render_table(metrics, checks, title=title, latency_rate=args.latency_rate))
     if "verify" in bench.details:
@@ -272,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "postgresql": version,
             "load_before": load_before,
             "load_after": os.getloadavg(),
+            "compiled_parser": COMPILED,
         },
         "seconds": round(elapsed, 1),
         "metrics": metrics,

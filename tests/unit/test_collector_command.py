@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 from loadtests.lifecycle import HarnessCollector
 from loadtests.options import DEFAULT_COLLECTOR_CMD
@@ -42,6 +43,38 @@ class TestUnparsableDsn:
         assert "NAMEDPIPER_DSN" in done.stderr
         assert "s3cret" not in done.stderr + done.stdout
         assert not (tmp_path / "f").exists()  # refused before anything was created
+
+
+class TestWithoutTheCompiledParser:
+    """Installed without a C compiler, the collector says so at start and how to fix it."""
+
+    def test_the_collector_warns_and_names_the_fix(self, tmp_path):
+        """A None in sys.modules makes the import fail as a missing build does; the warning comes, then SIGTERM."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NAMEDPIPER_", "PG"))}
+        env["NAMEDPIPER_DSN"] = f"host={tmp_path} port=1 dbname=none connect_timeout=1"  # nothing answers there
+        script = (
+            "import sys; sys.modules['reference.collector._fastrows'] = None; "
+            "from reference.collector.cli import main; sys.exit(main())"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, "--fifo", str(tmp_path / "f")],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        killer = threading.Timer(60, proc.kill)  # the loop below ends at EOF even if the warning never comes
+        killer.start()
+        try:
+            seen = []
+            for line in proc.stderr:
+                seen.append(line)
+                if "compiled line parser is not built" in line:
+                    break
+            assert "install gcc and the Python headers" in "".join(seen), seen
+        finally:
+            killer.cancel()
+            proc.terminate()
+            proc.communicate(timeout=60)
 
 
 # Locust monkey-patches the process on import: its parser is built in a child interpreter.

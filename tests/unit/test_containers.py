@@ -276,6 +276,16 @@ class TestDockerfile:
         runs = [_expand(args).replace('"', "") for key, args in _dockerfile() if key == "RUN"]
         assert any("/fifo" in run and f"chown {user} " in run for run in runs)
 
+    def test_the_compiled_parser_is_built_and_its_compiler_removed(self):
+        """The install RUN brings gcc, fails unless the C parser imports, and purges gcc in the same layer."""
+        (run,) = [args for key, args in _dockerfile() if key == "RUN" and "pip install" in args]
+        steps = [step.strip() for step in run.split("&&")]
+        install = next(i for i, step in enumerate(steps) if step.startswith("apt-get install") and " gcc" in step)
+        pip = next(i for i, step in enumerate(steps) if step.startswith("pip install"))
+        check = steps.index('python -c "import reference.collector._fastrows"')
+        purge = next(i for i, step in enumerate(steps) if step.startswith("apt-get purge") and " gcc" in step)
+        assert install < pip < check < purge
+
     def test_dockerignore_keeps_local_state_out(self):
         """Git data, tox and CI venvs, the embedded database, reports and bytecode stay out of the build context."""
         patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}

@@ -1,15 +1,32 @@
-"""parse_lines, the collector's whole-read path, gives exactly what parse_line gives line by line."""
+"""parse_lines and parse_block, the whole-read path (in C when built), give exactly what parse_line gives."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import Line, Style, encode, json_values, keys, lines, stamps, texts
 
-from reference.collector.validate import _STAMP_LINES, _stamps_plain, parse_block, parse_line, parse_lines
+from reference.collector import validate
+from reference.collector.validate import parse_block, parse_line, parse_lines
 from reference.contract import COLUMNS
 
-SOME = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The path is chosen once per test, for all its examples: the fixture's scope is what is meant.
+SOME = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def parser_path(request, monkeypatch):
+    """Each test runs with the compiled parser (when built) and again without it, as an install without gcc."""
+    if request.param == "python":
+        monkeypatch.setattr(validate, "copy_rows", None)
+    elif validate.copy_rows is None:
+        pytest.skip("the compiled parser is not built (no C compiler at install)")
+    return request.param
 
 
 def one_by_one(raws: list[bytes]) -> tuple[list[bytes], list[tuple[str, bytes]]]:
@@ -72,45 +89,6 @@ def reads(draw: st.DrawFn) -> list[bytes]:
     return good
 
 
-@st.composite
-def stamp_reads(draw: st.DrawFn) -> list[str]:
-    """A read's stamps: one layout with its digits redrawn (years 0000-0009 and 9999 too), now and then another."""
-    base = draw(stamps())
-    digits = st.sampled_from("0123456789")
-    read = []
-    for _ in range(draw(st.integers(1, 8))):
-        if draw(st.integers(0, 5)) == 0:
-            read.append(draw(stamps()))
-        else:
-            read.append("".join(draw(digits) if c.isdigit() and draw(st.booleans()) else c for c in base))
-    return read
-
-
-class TestStampLayouts:
-    """The shortcut for stamps sharing a layout judges a read's stamps as the regex does."""
-
-    @SOME
-    @given(stamp_reads())
-    def test_same_as_the_regex(self, read: list[str]):
-        """Any mix of layouts and digits: the same verdict as _STAMP_LINES on the whole read."""
-        times = "\n".join(read)
-        assert _stamps_plain(times.encode(), len(read)) == (_STAMP_LINES.fullmatch(times) is not None)
-
-    def test_the_layouts_edges(self):
-        """Years the layout does not fix (0000, 0001, 9999) and offset hours past 15 are refused as the regex does."""
-        good = "2026-11-28T05:30:00.123456+05:00"
-        for other in (
-            "0000-11-28T05:30:00.123456+05:00",
-            "0001-11-28T05:30:00.123456+05:00",
-            "9999-11-28T05:30:00.123456+05:00",
-            "2026-11-28T05:30:00.123456+16:00",
-        ):
-            for read in ([good, other], [other, good], [good, good, other]):
-                times = "\n".join(read)
-                assert not _stamps_plain(times.encode(), len(read))
-        assert _stamps_plain(f"{good}\n{good.replace('+05', '+15')}".encode(), 2)
-
-
 class TestSameAsLineByLine:
     """A read judged at once gives the rows and rejections its lines give one by one."""
 
@@ -123,7 +101,7 @@ class TestSameAsLineByLine:
     @SOME
     @given(st.lists(canonical_lines(), min_size=1, max_size=12))
     def test_canonical_reads(self, raws: list[bytes]):
-        """Reads of canonical lines only (the fast path's own ground)."""
+        """Reads of canonical lines only (the compiled path's own ground)."""
         assert at_once(raws) == one_by_one(raws)
 
     def test_lines_glued_across_the_joints(self):
