@@ -7,8 +7,8 @@
  *
  * This file only ever says "this row" or "I cannot tell": a line it does not fully understand goes to the Python
  * contract (reference/contract.py), which judges it exactly and names every rejection. So what it accepts must be
- * a subset of what the contract accepts, with the same rows: tests/unit/test_parse_lines.py checks that against the
- * line-by-line Python path with Hypothesis, and tests/unit/test_corpus_parse.py with every corpus kind.
+ * a subset of what the contract accepts, with the same rows: tests/unit/test_fastrows.py checks that against
+ * parse_line with Hypothesis (plain, damaged, differently written lines, any bytes) and every hostile corpus kind.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

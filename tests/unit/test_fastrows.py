@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from strategies import Line, Style, deep_data, encode, json_values, keys, lines, stamps, texts
 
 from loadtests.bench.independent import independent_lines
+from loadtests.corpus import load_corpus
 from reference.collector import validate
 from reference.collector.validate import parse_line
 from reference.contract import COLUMNS
@@ -254,3 +255,14 @@ class TestEverythingElseIsHandedBack:
             expected_rejections += rejected
         assert (rows, rejections) == (expected_rows, expected_rejections)
         assert len(rows) == 2
+
+
+class TestCorpus:
+    """Every hostile corpus kind is handed back to parse_line, except the one only PostgreSQL refuses."""
+
+    def test_every_kind(self):
+        """Each kind's line: parse_line's row or the line itself; only pg-rejected-number is a row (as in parse_line)."""
+        for line in load_corpus():
+            raw = line.raw.replace(b"\n", b"")
+            row = assert_agrees(raw)
+            assert (row is not None) == (line.kind == "pg-rejected-number"), line.kind
