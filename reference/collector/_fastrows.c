@@ -1,9 +1,9 @@
-/* The collector's compiled fast path: a read's lines as COPY rows, in one pass, when every line is plain.
+/* The collector's compiled fast path: a read's lines as COPY rows, in one pass, for every line it fully understands.
  *
- * A plain line is the shape a JSON encoder writes for the contract's event: the eight keys in column order, each
- * once, no spaces around them, no backslash anywhere (so no string holds an escape, and COPY needs none), a time
- * stamp PostgreSQL parses as written, six non-empty texts, and data an object or null. For such a line the COPY
- * row is the line's own bytes, cut at the keys: the stamp, the six texts and data, joined by tabs.
+ * It understands the lines JSON encoders write for the contract's event: the eight keys in any order, each once,
+ * spaces between tokens, escapes in the texts and in data; a time stamp PostgreSQL parses as written; six non-empty
+ * texts; data an object or null. For such a line the COPY row is the stamp, the six texts (escapes decoded, then
+ * COPY's backslash, tab, newline and CR escaped) and data (as written, its backslashes doubled), joined by tabs.
  *
  * This file only ever says "this row" or "I cannot tell": a line it does not fully understand goes to the Python
  * contract (reference/contract.py), which judges it exactly and names every rejection. So what it accepts must be
@@ -23,13 +23,15 @@
 
 typedef const unsigned char *cursor;
 
-/* What separates the fields of a plain line, and the line's first bytes. */
-static const char *const OPENING = "{\"time\":\"";
-static const char *const SEPARATORS[] = {
-    "\",\"application_name\":\"", "\",\"environment_name\":\"", "\",\"log_event\":\"", "\",\"trace_id\":\"",
-    "\",\"file_path\":\"",        "\",\"host_ip\":\"",          "\",\"data\":",
+/* The contract's columns, in the logs table's order: the row is built in it, whatever the line's key order. */
+static const struct {
+    const char *name;
+    size_t length;
+} COLUMNS[] = {
+    {"time", 4},     {"application_name", 16}, {"environment_name", 16}, {"log_event", 9},
+    {"trace_id", 8}, {"file_path", 9},         {"host_ip", 7},           {"data", 4},
 };
-#define TEXTS 6
+enum { TIME = 0, DATA = 7, FIELDS = 8 };
 
 /* Past one well-formed UTF-8 sequence starting at p (a byte >= 0x80), or NULL (Unicode's table 3-7). */
 static cursor utf8_sequence(cursor p, cursor end) {
@@ -55,13 +57,57 @@ static cursor utf8_sequence(cursor p, cursor end) {
     return p + more + 1;
 }
 
-/* Past a JSON string's closing quote, p just after its opening one; NULL for an escape, a control byte, bad UTF-8. */
-static cursor string_end(cursor p, cursor end) {
+/* The value of 4 hex digits at p, or -1. */
+static long hex4(cursor p, cursor end) {
+    long value = 0;
+    if (end - p < 4) return -1;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0) return -1;
+        value = value * 16 + digit;
+    }
+    return value;
+}
+
+/* Past one JSON escape at p (a backslash), or NULL: \u0000 (no NUL is stored) and lone surrogates are left to the
+ * contract. */
+static cursor escape_end(cursor p, cursor end) {
+    if (end - p < 2) return NULL;
+    switch (p[1]) {
+    case '"':
+    case '\\':
+    case '/':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+        return p + 2;
+    case 'u': {
+        long unit = hex4(p + 2, end);
+        if (unit <= 0 || (unit >= 0xDC00 && unit <= 0xDFFF)) return NULL;
+        if (unit < 0xD800 || unit > 0xDBFF) return p + 6;
+        if (end - p < 12 || p[6] != '\\' || p[7] != 'u') return NULL;
+        long low = hex4(p + 8, end);
+        return low >= 0xDC00 && low <= 0xDFFF ? p + 12 : NULL;
+    }
+    default:
+        return NULL;
+    }
+}
+
+/* Past a JSON string's closing quote, p just after its opening one; NULL for a control byte, bad UTF-8, an escape
+ * escape_end refuses. *escaped is set when the string holds an escape. */
+static cursor string_end(cursor p, cursor end, int *escaped) {
     while (p < end) {
         unsigned char c = *p;
         if (c == '"') return p + 1;
-        if (c == '\\' || c < 0x20) return NULL;
-        if (c < 0x80) {
+        if (c < 0x20) return NULL;
+        if (c == '\\') {
+            if ((p = escape_end(p, end)) == NULL) return NULL;
+            *escaped = 1;
+        } else if (c < 0x80) {
             p++;
         } else if ((p = utf8_sequence(p, end)) == NULL) {
             return NULL;
@@ -97,7 +143,8 @@ static cursor number_end(cursor p, cursor end) {
     return p;
 }
 
-/* Spaces are the only JSON whitespace a plain line holds: a tab or CR would need COPY escaping, LF ends the line. */
+/* Spaces are the only JSON whitespace taken here: a tab or CR in data would need COPY escaping (the contract does
+ * it), LF ends the line. */
 static cursor skip_spaces(cursor p, cursor end) {
     while (p < end && *p == ' ') p++;
     return p;
@@ -108,12 +155,12 @@ static cursor literal_end(cursor p, cursor end, const char *word, size_t length)
     return p + length;
 }
 
-/* Past one JSON value nested depth levels deep, or NULL. */
-static cursor value_end(cursor p, cursor end, int depth) {
+/* Past one JSON value nested depth levels deep, or NULL; *escaped is set when a string in it holds an escape. */
+static cursor value_end(cursor p, cursor end, int depth, int *escaped) {
     if (p >= end) return NULL;
     switch (*p) {
     case '"':
-        return string_end(p + 1, end);
+        return string_end(p + 1, end, escaped);
     case 't':
         return literal_end(p, end, "true", 4);
     case 'f':
@@ -129,12 +176,12 @@ static cursor value_end(cursor p, cursor end, int depth) {
         if (p < end && *p == closing) return p + 1;
         for (;;) {
             if (object) {
-                if (p >= end || *p != '"' || (p = string_end(p + 1, end)) == NULL) return NULL;
+                if (p >= end || *p != '"' || (p = string_end(p + 1, end, escaped)) == NULL) return NULL;
                 p = skip_spaces(p, end);
                 if (p >= end || *p != ':') return NULL;
                 p = skip_spaces(p + 1, end);
             }
-            if ((p = value_end(p, end, depth + 1)) == NULL) return NULL;
+            if ((p = value_end(p, end, depth + 1, escaped)) == NULL) return NULL;
             p = skip_spaces(p, end);
             if (p >= end) return NULL;
             if (*p == closing) return p + 1;
@@ -184,57 +231,177 @@ static int plain_stamp(cursor p, cursor end) {
            two_digits(p + 4, &offset_minute) && offset_hour <= MAX_OFFSET_HOUR && offset_minute <= 59;
 }
 
-/* The COPY row of one plain line [p, end), or NULL (Python error set) when memory runs out; *plain = 0 when the
- * line is not plain (no row then, no error). */
-static PyObject *line_row(cursor p, cursor end, int *plain) {
-    cursor starts[TEXTS + 2], ends[TEXTS + 2];
-    size_t opening = strlen(OPENING);
-    *plain = 0;
-    if ((size_t)(end - p) < opening || memcmp(p, OPENING, opening) != 0) return NULL;
-    p += opening;
-    starts[0] = p;
-    for (int field = 0; field <= TEXTS; field++) {
-        if ((p = string_end(p, end)) == NULL) return NULL;
-        ends[field] = p - 1;
-        if (field > 0 && ends[field] == starts[field]) return NULL; /* the texts are non-empty */
-        size_t length = strlen(SEPARATORS[field]);
-        p--; /* the separator starts with the closing quote */
-        if ((size_t)(end - p) < length || memcmp(p, SEPARATORS[field], length) != 0) return NULL;
-        p += length;
-        starts[field + 1] = p;
+/* A text's value as COPY text: JSON escapes decoded to UTF-8, then backslash, tab, LF and CR escaped for COPY.
+ * [p, end) holds only escapes escape_end accepted. Never longer than its JSON form. */
+static char *copy_text(char *out, cursor p, cursor end) {
+    while (p < end) {
+        if (*p != '\\') {
+            *out++ = (char)*p++;
+            continue;
+        }
+        long point;
+        switch (p[1]) {
+        case 'u':
+            point = hex4(p + 2, end);
+            if (point >= 0xD800 && point <= 0xDBFF) {
+                point = 0x10000 + ((point - 0xD800) << 10) + (hex4(p + 8, end) - 0xDC00);
+                p += 6;
+            }
+            p += 6;
+            break;
+        case 'b':
+            point = '\b', p += 2;
+            break;
+        case 'f':
+            point = '\f', p += 2;
+            break;
+        case 'n':
+            point = '\n', p += 2;
+            break;
+        case 'r':
+            point = '\r', p += 2;
+            break;
+        case 't':
+            point = '\t', p += 2;
+            break;
+        default: /* " \ / */
+            point = p[1], p += 2;
+        }
+        switch (point) {
+        case '\\':
+            *out++ = '\\', *out++ = '\\';
+            break;
+        case '\t':
+            *out++ = '\\', *out++ = 't';
+            break;
+        case '\n':
+            *out++ = '\\', *out++ = 'n';
+            break;
+        case '\r':
+            *out++ = '\\', *out++ = 'r';
+            break;
+        default:
+            if (point < 0x80) {
+                *out++ = (char)point;
+            } else if (point < 0x800) {
+                *out++ = (char)(0xC0 | (point >> 6));
+                *out++ = (char)(0x80 | (point & 0x3F));
+            } else if (point < 0x10000) {
+                *out++ = (char)(0xE0 | (point >> 12));
+                *out++ = (char)(0x80 | ((point >> 6) & 0x3F));
+                *out++ = (char)(0x80 | (point & 0x3F));
+            } else {
+                *out++ = (char)(0xF0 | (point >> 18));
+                *out++ = (char)(0x80 | ((point >> 12) & 0x3F));
+                *out++ = (char)(0x80 | ((point >> 6) & 0x3F));
+                *out++ = (char)(0x80 | (point & 0x3F));
+            }
+        }
     }
-    if (!plain_stamp(starts[0], ends[0])) return NULL;
-    int null_data = end - p == 5 && memcmp(p, "null}", 5) == 0;
-    if (!null_data) {
-        if (p >= end || *p != '{' || (p = value_end(p, end, 0)) == NULL) return NULL;
-        if (end - p != 1 || *p != '}') return NULL;
-        ends[TEXTS + 1] = p;
+    return out;
+}
+
+/* data as COPY text: as written, each backslash doubled. */
+static char *copy_data(char *out, cursor p, cursor end) {
+    for (; p < end; p++) {
+        if (*p == '\\') *out++ = '\\';
+        *out++ = (char)*p;
     }
-    *plain = 1;
-    Py_ssize_t size = null_data ? 2 : ends[TEXTS + 1] - starts[TEXTS + 1];
-    for (int field = 0; field <= TEXTS; field++) size += ends[field] - starts[field] + 1; /* and its tab */
-    PyObject *row = PyBytes_FromStringAndSize(NULL, size + 1);
+    return out;
+}
+
+/* Where one field's value is in the line: the string's content between its quotes, or data's whole value. */
+struct span {
+    cursor start, end;
+    int escaped;
+};
+
+/* The fields of a line the fast path understands, in column order; 0 when it does not understand the line. */
+static int line_fields(cursor p, cursor end, struct span fields[FIELDS]) {
+    unsigned seen = 0;
+    if (p >= end || *p != '{') return 0;
+    p = skip_spaces(p + 1, end);
+    for (int member = 0; member < FIELDS; member++) {
+        if (member > 0) {
+            if (p >= end || *p != ',') return 0;
+            p = skip_spaces(p + 1, end);
+        }
+        int key_escaped = 0;
+        if (p >= end || *p != '"') return 0;
+        cursor key = p + 1;
+        if ((p = string_end(key, end, &key_escaped)) == NULL || key_escaped) return 0;
+        size_t length = (size_t)(p - 1 - key);
+        int column = 0;
+        while (column < FIELDS && (COLUMNS[column].length != length || memcmp(key, COLUMNS[column].name, length) != 0))
+            column++;
+        if (column == FIELDS || seen & (1u << column)) return 0; /* an unknown or a repeated key */
+        seen |= 1u << column;
+        p = skip_spaces(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_spaces(p + 1, end);
+        struct span *field = &fields[column];
+        field->escaped = 0;
+        if (column == DATA) {
+            field->start = p;
+            if (p >= end || (*p != '{' && *p != 'n')) return 0; /* an object or null */
+            if ((p = value_end(p, end, 0, &field->escaped)) == NULL) return 0;
+            field->end = p;
+        } else {
+            if (p >= end || *p != '"') return 0;
+            field->start = p + 1;
+            if ((p = string_end(p + 1, end, &field->escaped)) == NULL) return 0;
+            field->end = p - 1;
+            if (field->end == field->start) return 0; /* the texts are non-empty */
+        }
+        p = skip_spaces(p, end);
+    }
+    if (end - p != 1 || *p != '}') return 0;
+    return !fields[TIME].escaped && plain_stamp(fields[TIME].start, fields[TIME].end);
+}
+
+/* The COPY row of the line [p, end), or NULL: with a Python error set when memory ran out, else (*understood = 0)
+ * when the fast path does not understand the line. */
+static PyObject *line_row(cursor p, cursor end, int *understood) {
+    struct span fields[FIELDS];
+    *understood = line_fields(p, end, fields);
+    if (!*understood) return NULL;
+    int null_data = fields[DATA].end - fields[DATA].start == 4 && memcmp(fields[DATA].start, "null", 4) == 0;
+    /* Decoded texts are never longer than their JSON; doubled backslashes at most double data. */
+    Py_ssize_t size = FIELDS; /* seven tabs and the newline */
+    for (int column = 0; column < DATA; column++) size += fields[column].end - fields[column].start;
+    Py_ssize_t data_size = fields[DATA].end - fields[DATA].start;
+    size += null_data ? 2 : fields[DATA].escaped ? 2 * data_size : data_size;
+    PyObject *row = PyBytes_FromStringAndSize(NULL, size);
     if (row == NULL) return NULL;
     char *out = PyBytes_AS_STRING(row);
-    for (int field = 0; field <= TEXTS; field++) {
-        memcpy(out, starts[field], ends[field] - starts[field]);
-        out += ends[field] - starts[field];
+    for (int column = 0; column < DATA; column++) {
+        const struct span *field = &fields[column];
+        if (field->escaped) {
+            out = copy_text(out, field->start, field->end);
+        } else {
+            memcpy(out, field->start, field->end - field->start);
+            out += field->end - field->start;
+        }
         *out++ = '\t';
     }
     if (null_data) {
         memcpy(out, "\\N", 2);
         out += 2;
+    } else if (fields[DATA].escaped) {
+        out = copy_data(out, fields[DATA].start, fields[DATA].end);
     } else {
-        memcpy(out, starts[TEXTS + 1], ends[TEXTS + 1] - starts[TEXTS + 1]);
-        out += ends[TEXTS + 1] - starts[TEXTS + 1];
+        memcpy(out, fields[DATA].start, data_size);
+        out += data_size;
     }
-    *out = '\n';
+    *out++ = '\n';
+    Py_ssize_t written = out - PyBytes_AS_STRING(row);
+    if (written != size && _PyBytes_Resize(&row, written) != 0) return NULL;
     return row;
 }
 
 PyDoc_STRVAR(copy_rows_doc,
              "copy_rows(block, /)\n--\n\n"
-             "(items, unjudged) for the lines of block (joined by newlines): each item is a plain line's COPY row\n"
+             "(items, unjudged) for the lines of block (joined by newlines): each item is a line's COPY row\n"
              "(it ends with a newline) or, for a line this cannot judge, the line itself (which cannot end so);\n"
              "unjudged counts those lines.");
 
@@ -249,10 +416,10 @@ static PyObject *copy_rows(PyObject *module, PyObject *arg) {
     for (;;) {
         cursor newline = memchr(p, '\n', end - p);
         cursor line_end = newline == NULL ? end : newline;
-        int plain;
-        PyObject *item = line_row(p, line_end, &plain);
+        int understood;
+        PyObject *item = line_row(p, line_end, &understood);
         if (item == NULL) {
-            if (plain || PyErr_Occurred()) goto failed;
+            if (understood || PyErr_Occurred()) goto failed;
             unjudged++;
             item = PyBytes_FromStringAndSize((const char *)p, line_end - p);
             if (item == NULL) goto failed;
@@ -279,7 +446,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_fastrows",
-    .m_doc = "The collector's compiled fast path: a read's plain lines as COPY rows, or None (see _fastrows.c).",
+    .m_doc = "The collector's compiled fast path: a read's lines as COPY rows where it can (see _fastrows.c).",
     .m_size = -1,
     .m_methods = methods,
 };
