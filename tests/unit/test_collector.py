@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.collector.collector import EXIT_OK, EXIT_REFUSED, EXIT_UNSTORED, Collector, CollectorConfig
-from reference.collector.copytext import RowStream, decode_field, row_as_event
+from reference.collector.copytext import COPY_READ_BYTES, RowStream, decode_field, row_as_event
 from reference.collector.model import ITEM_OVERHEAD_BYTES, Batch, BatchLimits, Rejection
 from reference.collector.retry import Backoff
 from reference.collector.sink import SinkCounters, SinkRefused
@@ -398,6 +398,36 @@ class TestCopyText:
         while piece := stream.read(size):
             pieces.append(piece)
         assert b"".join(pieces) == b"".join(rows)
+
+    @given(st.lists(st.binary(min_size=1, max_size=50), max_size=40), st.integers(min_value=-1, max_value=300))
+    def test_row_stream_pieces_are_the_greedy_cut(self, rows, size):
+        """Each piece is the most whole rows that fit in size (at least one row; all of them for size -1)."""
+        stream, index = RowStream(rows), 0
+        while piece := stream.read(size):
+            taken = _greedy_rows(rows, index, size)
+            assert piece == b"".join(rows[index : index + taken])
+            index += taken
+        assert index == len(rows)
+
+    def test_row_stream_over_a_full_batch(self):
+        """10,000 rows read in COPY_READ_BYTES pieces come out whole, in order, each piece within the size."""
+        rows = [b"%d\t" % i + b"x" * (i % 700) + b"\n" for i in range(10_000)]
+        stream, pieces = RowStream(rows), []
+        while piece := stream.read(COPY_READ_BYTES):
+            pieces.append(piece)
+        assert b"".join(pieces) == b"".join(rows)
+        assert all(len(p) <= COPY_READ_BYTES and p.endswith(b"\n") for p in pieces)
+
+
+def _greedy_rows(rows: list[bytes], start: int, size: int) -> int:
+    """How many rows from start the old row-by-row loop took for one read of size bytes (the reference)."""
+    taken = total = 0
+    for row in rows[start:]:
+        if taken and 0 <= size < total + len(row):
+            break
+        taken += 1
+        total += len(row)
+    return taken
 
 
 class TestModel:
