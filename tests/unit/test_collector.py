@@ -409,14 +409,59 @@ class TestCopyText:
             index += taken
         assert index == len(rows)
 
+    @given(
+        st.lists(st.lists(st.binary(min_size=1, max_size=40), max_size=8), max_size=12),
+        st.integers(min_value=-1, max_value=200),
+    )
+    def test_row_stream_cuts_a_batch_at_its_reads(self, reads, size):
+        """With a batch's cuts, a piece is the most whole reads within size, or whole rows of one larger read."""
+        batch = Batch()
+        for rows in reads:
+            batch.add_rows(list(rows))
+        assert batch.cuts == [(len(batch.rows[:end]), len(b"".join(batch.rows[:end]))) for end, _ in batch.cuts]
+        bounds = {end for end, _ in batch.cuts}
+        stream, index, pieces = RowStream(batch.rows, batch.cuts), 0, []
+        while piece := stream.read(size):
+            taken = 1
+            while len(b"".join(batch.rows[index : index + taken])) < len(piece):
+                taken += 1
+            assert piece == b"".join(batch.rows[index : index + taken])  # whole rows, in order
+            assert size < 0 or len(piece) <= size or taken == 1
+            if index + taken in bounds and index + taken < len(batch.rows) and size >= 0:
+                following = min(end for end in bounds if end > index + taken)
+                assert len(b"".join(batch.rows[index:following])) > size  # the next read did not fit
+            index += taken
+            pieces.append(piece)
+        assert b"".join(pieces) == b"".join(batch.rows)
+        assert index == len(batch.rows)
+
+    def test_row_stream_hands_out_rows_past_the_last_cut(self):
+        """Rows added after the last cut still come out (one more cut at the end), in order."""
+        rows = [b"a\n", b"bb\n", b"ccc\n", b"dddd\n"]
+        for cuts in ([], [(2, 5)]):
+            stream, pieces = RowStream(rows, cuts), []
+            while piece := stream.read(7):
+                pieces.append(piece)
+            assert b"".join(pieces) == b"".join(rows)
+            assert all(len(p) <= 7 for p in pieces)
+
     def test_row_stream_over_a_full_batch(self):
         """10,000 rows read in COPY_READ_BYTES pieces come out whole, in order, each piece within the size."""
         rows = [b"%d\t" % i + b"x" * (i % 700) + b"\n" for i in range(10_000)]
-        stream, pieces = RowStream(rows), []
+        batch = Batch()
+        for first in range(0, len(rows), 150):  # a read's worth of rows at a time, as the collector adds them
+            batch.add_rows(rows[first : first + 150])
+        for stream in (RowStream(rows), RowStream(batch.rows, batch.cuts)):
+            self._assert_whole_pieces(stream, rows)
+
+    @staticmethod
+    def _assert_whole_pieces(stream: RowStream, rows: list[bytes]) -> None:
+        pieces = []
         while piece := stream.read(COPY_READ_BYTES):
             pieces.append(piece)
         assert b"".join(pieces) == b"".join(rows)
         assert all(len(p) <= COPY_READ_BYTES and p.endswith(b"\n") for p in pieces)
+        assert len(pieces) > 1
 
 
 def _greedy_rows(rows: list[bytes], start: int, size: int) -> int:
