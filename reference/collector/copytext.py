@@ -41,7 +41,7 @@ class RowStream:
         # A read bisects the byte offsets of the cuts and joins its rows with one bytes.join, all in C. In the writer
         # thread the rows are no longer in the CPU's caches: looping over them in Python (and copying the rest of
         # the list on every read) cost 0.36 us a row, measuring each row there 0.40, the batch's cuts at read
-        # boundaries 0.19, the joins alone being 0.13 (docs/performance.md, "COPY pieces").
+        # boundaries 0.19, the joins alone being 0.13 (docs/performance.md, "Outside the parser").
         self._cut_rows = cut_rows
         self._cut_bytes = cut_bytes
         self._cut = 0  # the first cut past the rows handed out

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from reference.collector.collector import EXIT_OK, EXIT_REFUSED, EXIT_UNSTORED, Collector, CollectorConfig
 from reference.collector.copytext import COPY_READ_BYTES, RowStream, decode_field, row_as_event
-from reference.collector.model import ITEM_OVERHEAD_BYTES, Batch, BatchLimits, Rejection
+from reference.collector.model import CUT_MIN_BYTES, ITEM_OVERHEAD_BYTES, Batch, BatchLimits, Rejection
 from reference.collector.retry import Backoff
 from reference.collector.sink import SinkCounters, SinkRefused
 from reference.collector.source import Chunk
@@ -412,13 +412,17 @@ class TestCopyText:
     @given(
         st.lists(st.lists(st.binary(min_size=1, max_size=40), max_size=8), max_size=12),
         st.integers(min_value=-1, max_value=200),
+        st.integers(min_value=0, max_value=100),
     )
-    def test_row_stream_cuts_a_batch_at_its_reads(self, reads, size):
+    def test_row_stream_cuts_a_batch_at_its_reads(self, reads, size, cut_min_bytes):
         """With a batch's cuts, a piece is the most whole reads within size, or whole rows of one larger read."""
-        batch = Batch()
+        batch = Batch(cut_min_bytes=cut_min_bytes)
         for rows in reads:
             batch.add_rows(list(rows))
-        assert batch.cuts == [(len(batch.rows[:end]), len(b"".join(batch.rows[:end]))) for end, _ in batch.cuts]
+        assert batch.cuts == [(end, len(b"".join(batch.rows[:end]))) for end, _ in batch.cuts]
+        offsets = [0, *(length for _, length in batch.cuts)]
+        assert all(offsets[i + 1] - offsets[i] >= cut_min_bytes for i in range(len(batch.cuts) - 1))  # but the last
+        assert not batch.rows or batch.cuts[-1][0] == len(batch.rows)
         bounds = {end for end, _ in batch.cuts}
         stream, index, pieces = RowStream(batch.rows, batch.cuts), 0, []
         while piece := stream.read(size):
@@ -434,6 +438,14 @@ class TestCopyText:
             pieces.append(piece)
         assert b"".join(pieces) == b"".join(batch.rows)
         assert index == len(batch.rows)
+
+    def test_a_trickle_of_reads_keeps_few_cuts(self):
+        """One-line reads add a cut only every CUT_MIN_BYTES of rows, so the cuts stay few whatever the reads."""
+        batch = Batch()
+        for _ in range(10_000):
+            batch.add_rows([b"x" * 99 + b"\n"])
+        assert len(batch.cuts) <= 10_000 * 100 // CUT_MIN_BYTES + 1
+        assert batch.cuts[-1] == (10_000, 1_000_000)
 
     def test_row_stream_hands_out_rows_past_the_last_cut(self):
         """Rows added after the last cut still come out (one more cut at the end), in order."""
