@@ -272,7 +272,7 @@ class Loader:
                     )
                     return LoadResult(rows=0, rejected=0)
             if batch.rows:
-                self._copy_isolating(cur, batch.rows, rejections)
+                self._copy_isolating(cur, batch.rows, rejections, batch.cuts)
             if rejections:
                 psycopg2.extras.execute_values(
                     cur,
@@ -290,11 +290,20 @@ class Loader:
         conn.commit()
         return LoadResult(rows=len(batch.rows) - (len(rejections) - len(batch.rejections)), rejected=len(rejections))
 
-    def _copy_isolating(self, cur: psycopg2.extensions.cursor, rows: list[bytes], rejections: list[Rejection]) -> None:
-        """COPY rows; on a data error, bisect under savepoints until each bad row stands alone and is rejected."""
+    def _copy_isolating(
+        self,
+        cur: psycopg2.extensions.cursor,
+        rows: list[bytes],
+        rejections: list[Rejection],
+        cuts: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """COPY rows; on a data error, bisect under savepoints until each bad row stands alone and is rejected.
+
+        cuts: the batch's read boundaries (Batch.cuts), where COPY's pieces end; the halves are cut after any row.
+        """
         cur.execute("SAVEPOINT np_copy")
         try:
-            cur.copy_expert(COPY_SQL, RowStream(rows), size=COPY_READ_BYTES)
+            cur.copy_expert(COPY_SQL, RowStream(rows, cuts), size=COPY_READ_BYTES)
         except psycopg2.Error as exc:
             # Only a data error ("this row is wrong") is answered by bisection; anything else is the same for
             # every row and goes to the retry logic.

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.collector.collector import EXIT_OK, EXIT_REFUSED, EXIT_UNSTORED, Collector, CollectorConfig
-from reference.collector.copytext import RowStream, decode_field, row_as_event
-from reference.collector.model import ITEM_OVERHEAD_BYTES, Batch, BatchLimits, Rejection
+from reference.collector.copytext import COPY_READ_BYTES, RowStream, decode_field, row_as_event
+from reference.collector.model import CUT_MIN_BYTES, ITEM_OVERHEAD_BYTES, Batch, BatchLimits, Rejection
 from reference.collector.retry import Backoff
 from reference.collector.sink import SinkCounters, SinkRefused
 from reference.collector.source import Chunk
@@ -398,6 +398,93 @@ class TestCopyText:
         while piece := stream.read(size):
             pieces.append(piece)
         assert b"".join(pieces) == b"".join(rows)
+
+    @given(st.lists(st.binary(min_size=1, max_size=50), max_size=40), st.integers(min_value=-1, max_value=300))
+    def test_row_stream_pieces_are_the_greedy_cut(self, rows, size):
+        """Each piece is the most whole rows that fit in size (at least one row; all of them for size -1)."""
+        stream, index = RowStream(rows), 0
+        while piece := stream.read(size):
+            taken = _greedy_rows(rows, index, size)
+            assert piece == b"".join(rows[index : index + taken])
+            index += taken
+        assert index == len(rows)
+
+    @given(
+        st.lists(st.lists(st.binary(min_size=1, max_size=40), max_size=8), max_size=12),
+        st.integers(min_value=-1, max_value=200),
+        st.integers(min_value=0, max_value=100),
+    )
+    def test_row_stream_cuts_a_batch_at_its_reads(self, reads, size, cut_min_bytes):
+        """With a batch's cuts, a piece is the most whole reads within size, or whole rows of one larger read."""
+        batch = Batch(cut_min_bytes=cut_min_bytes)
+        for rows in reads:
+            batch.add_rows(list(rows))
+        assert batch.cuts == [(end, len(b"".join(batch.rows[:end]))) for end, _ in batch.cuts]
+        offsets = [0, *(length for _, length in batch.cuts)]
+        assert all(offsets[i + 1] - offsets[i] >= cut_min_bytes for i in range(len(batch.cuts) - 1))  # but the last
+        assert not batch.rows or batch.cuts[-1][0] == len(batch.rows)
+        bounds = {end for end, _ in batch.cuts}
+        stream, index, pieces = RowStream(batch.rows, batch.cuts), 0, []
+        while piece := stream.read(size):
+            taken = 1
+            while len(b"".join(batch.rows[index : index + taken])) < len(piece):
+                taken += 1
+            assert piece == b"".join(batch.rows[index : index + taken])  # whole rows, in order
+            assert size < 0 or len(piece) <= size or taken == 1
+            if index + taken in bounds and index + taken < len(batch.rows) and size >= 0:
+                following = min(end for end in bounds if end > index + taken)
+                assert len(b"".join(batch.rows[index:following])) > size  # the next read did not fit
+            index += taken
+            pieces.append(piece)
+        assert b"".join(pieces) == b"".join(batch.rows)
+        assert index == len(batch.rows)
+
+    def test_a_trickle_of_reads_keeps_few_cuts(self):
+        """One-line reads add a cut only every CUT_MIN_BYTES of rows, so the cuts stay few whatever the reads."""
+        batch = Batch()
+        for _ in range(10_000):
+            batch.add_rows([b"x" * 99 + b"\n"])
+        assert len(batch.cuts) <= 10_000 * 100 // CUT_MIN_BYTES + 1
+        assert batch.cuts[-1] == (10_000, 1_000_000)
+
+    def test_row_stream_hands_out_rows_past_the_last_cut(self):
+        """Rows added after the last cut still come out (one more cut at the end), in order."""
+        rows = [b"a\n", b"bb\n", b"ccc\n", b"dddd\n"]
+        for cuts in ([], [(2, 5)]):
+            stream, pieces = RowStream(rows, cuts), []
+            while piece := stream.read(7):
+                pieces.append(piece)
+            assert b"".join(pieces) == b"".join(rows)
+            assert all(len(p) <= 7 for p in pieces)
+
+    def test_row_stream_over_a_full_batch(self):
+        """10,000 rows read in COPY_READ_BYTES pieces come out whole, in order, each piece within the size."""
+        rows = [b"%d\t" % i + b"x" * (i % 700) + b"\n" for i in range(10_000)]
+        batch = Batch()
+        for first in range(0, len(rows), 150):  # a read's worth of rows at a time, as the collector adds them
+            batch.add_rows(rows[first : first + 150])
+        for stream in (RowStream(rows), RowStream(batch.rows, batch.cuts)):
+            self._assert_whole_pieces(stream, rows)
+
+    @staticmethod
+    def _assert_whole_pieces(stream: RowStream, rows: list[bytes]) -> None:
+        pieces = []
+        while piece := stream.read(COPY_READ_BYTES):
+            pieces.append(piece)
+        assert b"".join(pieces) == b"".join(rows)
+        assert all(len(p) <= COPY_READ_BYTES and p.endswith(b"\n") for p in pieces)
+        assert len(pieces) > 1
+
+
+def _greedy_rows(rows: list[bytes], start: int, size: int) -> int:
+    """How many rows from start the old row-by-row loop took for one read of size bytes (the reference)."""
+    taken = total = 0
+    for row in rows[start:]:
+        if taken and 0 <= size < total + len(row):
+            break
+        taken += 1
+        total += len(row)
+    return taken
 
 
 class TestModel:
