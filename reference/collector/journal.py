@@ -303,7 +303,10 @@ class Journal:
         while len(self._segments) > 1 and self._segments[1] <= committed:
             self._path(self._segments.pop(0)).unlink(missing_ok=True)
             trimmed = True
-        if self.full and committed >= self.end and self._segment_size > 0:
+        # At the limit but not yet marked full (the write that reached it asked for room before it): the same, or a
+        # journal filled to the byte and then all committed would wait for a trim that no commit brings.
+        full = self.full or 0 < self.max_bytes <= self.disk_bytes
+        if full and committed >= self.end and self._segment_size > 0:
             try:
                 self._new_segment()
             except OSError as exc:  # no inode left for the new file: the next trim tries again
@@ -311,7 +314,7 @@ class Journal:
             else:
                 self._path(self._segments.pop(0)).unlink(missing_ok=True)
                 trimmed = True
-        elif self.full and len(self._segments) == 1:
+        elif full and len(self._segments) == 1:
             # A line cut by the full disk keeps the open segment from being committed to its end: free its
             # committed start instead (offsets do not move; a restart replays from the committed offset).
             hole = (committed - self.start) // HOLE_ALIGN * HOLE_ALIGN
