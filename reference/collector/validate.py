@@ -209,21 +209,39 @@ def parse_block(block: bytes, count: int) -> tuple[list[bytes], list[Rejection]]
         return _line_by_line(block.split(b"\n"))
     if not unjudged:
         return items, []
-    return _line_by_line(items)
+    return _compiled_items(items)
 
 
 def parse_lines(lines: list[bytes]) -> tuple[list[bytes], list[Rejection]]:
     """parse_line for a read's lines: (COPY rows, rejections), as the lines judged one by one give; never raises."""
     if copy_rows is None or not lines:
         return _line_by_line(lines)
-    rows, rejections = parse_block(b"\n".join(lines), len(lines))
-    if len(rows) + len(rejections) < len(lines):  # a line held a newline (none from the splitter does)
+    try:
+        items, unjudged = copy_rows(b"\n".join(lines))
+    except MemoryError:
         return _line_by_line(lines)
+    # One item a line, unless a line held a newline (none from the splitter does): then the items are not the lines.
+    if len(items) != len(lines):
+        return _line_by_line(lines)
+    if not unjudged:
+        return items, []
+    return _compiled_items(items)
+
+
+def _line_by_line(lines: list[bytes]) -> tuple[list[bytes], list[Rejection]]:
+    """parse_line on each line: (COPY rows, rejections)."""
+    rows = []
+    rejections: list[Rejection] = []
+    for raw in lines:
+        row, rejected = parse_line(raw)
+        if row is not None:
+            rows.append(row)
+        rejections += rejected
     return rows, rejections
 
 
-def _line_by_line(items: list[bytes]) -> tuple[list[bytes], list[Rejection]]:
-    """parse_line on each line: (COPY rows, rejections); an item that ends with a newline is a row judged already."""
+def _compiled_items(items: list[bytes]) -> tuple[list[bytes], list[Rejection]]:
+    """copy_rows' items as (COPY rows, rejections): a row ends with a newline (a line it hands back cannot)."""
     rows = []
     rejections: list[Rejection] = []
     for raw in items:
