@@ -254,3 +254,31 @@ class TestEverythingElseIsHandedBack:
             expected_rejections += rejected
         assert (rows, rejections) == (expected_rows, expected_rejections)
         assert len(rows) == 2
+
+
+class TestOutOfMemory:
+    """An allocation that fails anywhere inside copy_rows raises MemoryError (parse_block then goes line by line)."""
+
+    def test_each_allocation_failing_in_turn(self):
+        """Whichever allocation fails (the list, a row, a line handed back, the list's growth): MemoryError, no crash.
+
+        _testcapi.set_nomemory makes the real allocator fail from the start-th allocation on, so the error paths
+        (a row that cannot be made, PyList_Append failing, the result tuple) run for real; an ASan build
+        (docs/testing.md) checks that they free and release everything.
+        """
+        testcapi = pytest.importorskip("_testcapi")
+        block = b"\n".join([PLAIN, b"not json", PLAIN, b"", PLAIN.replace(b"T05", b"t05")] * 4)
+        expected = copy_rows(block)
+        failed = 0
+        for start in range(120):
+            for stop in (start + 1, 0):  # one allocation fails, or every one from there on
+                testcapi.set_nomemory(start, stop)
+                try:
+                    got = copy_rows(block)
+                except MemoryError:
+                    failed += 1
+                    continue
+                finally:
+                    testcapi.remove_mem_hooks()
+                assert got == expected
+        assert failed > 0  # the failures did reach copy_rows
