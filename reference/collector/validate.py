@@ -6,6 +6,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
@@ -192,10 +193,34 @@ def parse_line(raw: bytes) -> tuple[bytes | None, list[Rejection]]:
 try:
     # The compiled fast path (reference/collector/_fastrows.c): a plain line's COPY row in one C pass, 0.5 us against
     # 4-6 us through msgspec and Python. Every line it cannot judge comes back as it is, for parse_line.
+    from reference.collector import _fastrows
     from reference.collector._fastrows import copy_rows
 except ImportError:  # built at install when a C compiler is at hand; without it every line takes parse_line
     copy_rows = None
 
+
+def _stale_reason() -> str:
+    """Why the compiled module must not be used ("" when it may): built from an older _fastrows.c than the one here.
+
+    An editable install builds the module once, beside its source; a changed or checked-out _fastrows.c is not
+    rebuilt, and the old module would judge lines by rules the code here no longer states (its tests too would
+    test the old module). An installed wheel ships no source, so nothing is compared there.
+    """
+    if copy_rows is None:
+        return ""
+    built = Path(_fastrows.__file__ or "")
+    source = built.with_name("_fastrows.c")
+    try:
+        stale = source.stat().st_mtime > built.stat().st_mtime
+    except OSError:  # no source beside the module (a wheel), or no file for it
+        return ""
+    return f"{built} is older than {source}: rebuild it (pip install -e .)" if stale else ""
+
+
+# The reason the compiled module is not used although it is built, or "".
+STALE = _stale_reason()
+if STALE:
+    copy_rows = None
 COMPILED = copy_rows is not None
 
 
