@@ -14,7 +14,7 @@ from reference.collector.reader import WRITERS_GRACE_S
 from reference.collector.sink import Sink, SinkRefused
 from reference.collector.source import Chunk, Source
 from reference.collector.stop import StopRequest
-from reference.collector.validate import COMPILED, parse_block, parse_lines
+from reference.collector.validate import COMPILED, STALE, parse_block, parse_lines
 from reference.collector.writer import STOP_GRACE_S
 from reference.fifo import DEFAULT_FIFO_MODE
 from reference.sizes import MAX_LINE_BYTES
@@ -112,11 +112,13 @@ class Collector:
             self.sink.describe(),
             self.source.describe(),
         )
-        if not COMPILED:
+        if STALE:
+            log.warning("the compiled line parser is not used, every line takes the Python path: %s", STALE)
+        elif not COMPILED:
             log.warning(
                 "the compiled line parser is not built (no C compiler when namedpiper was installed): every line "
-                "takes the Python path, same results at about a third of the speed; install gcc and the Python "
-                "headers, then reinstall (pip install -e .)"
+                "takes the Python path, same results for four to six times the CPU a line; install gcc and the "
+                "Python headers, then install namedpiper again (pip install -e . in a checkout, else pip install)"
             )
         next_stats = time.monotonic() + self.config.stats_interval
         finished = False

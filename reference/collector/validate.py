@@ -6,6 +6,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
@@ -192,10 +193,34 @@ def parse_line(raw: bytes) -> tuple[bytes | None, list[Rejection]]:
 try:
     # The compiled fast path (reference/collector/_fastrows.c): a line's COPY row in one C pass, 0.5-0.9 us against
     # 4-8 us through msgspec and Python. Every line it does not fully understand comes back as it is, for parse_line.
+    from reference.collector import _fastrows
     from reference.collector._fastrows import copy_rows
 except ImportError:  # built at install when a C compiler is at hand; without it every line takes parse_line
     copy_rows = None
 
+
+def _stale_reason() -> str:
+    """Why the compiled module must not be used ("" when it may): built from an older _fastrows.c than the one here.
+
+    An editable install builds the module once, beside its source; a changed or checked-out _fastrows.c is not
+    rebuilt, and the old module would judge lines by rules the code here no longer states (its tests too would
+    test the old module). An installed wheel ships no source, so nothing is compared there.
+    """
+    if copy_rows is None:
+        return ""
+    built = Path(_fastrows.__file__ or "")
+    source = built.with_name("_fastrows.c")
+    try:
+        stale = source.stat().st_mtime > built.stat().st_mtime
+    except OSError:  # no source beside the module (a wheel), or no file for it
+        return ""
+    return f"{built} is older than {source}: rebuild it (pip install -e .)" if stale else ""
+
+
+# The reason the compiled module is not used although it is built, or "".
+STALE = _stale_reason()
+if STALE:
+    copy_rows = None
 COMPILED = copy_rows is not None
 
 
@@ -209,25 +234,32 @@ def parse_block(block: bytes, count: int) -> tuple[list[bytes], list[Rejection]]
         return _line_by_line(block.split(b"\n"))
     if not unjudged:
         return items, []
-    return _line_by_line(items)
+    return _line_by_line(items, compiled=True)
 
 
 def parse_lines(lines: list[bytes]) -> tuple[list[bytes], list[Rejection]]:
     """parse_line for a read's lines: (COPY rows, rejections), as the lines judged one by one give; never raises."""
     if copy_rows is None or not lines:
         return _line_by_line(lines)
-    rows, rejections = parse_block(b"\n".join(lines), len(lines))
-    if len(rows) + len(rejections) < len(lines):  # a line held a newline (none from the splitter does)
+    try:
+        items, unjudged = copy_rows(b"\n".join(lines))
+    except MemoryError:
         return _line_by_line(lines)
-    return rows, rejections
+    # One item a line, unless a line held a newline (none from the splitter does): then the items are not the lines.
+    if len(items) != len(lines):
+        return _line_by_line(lines)
+    if not unjudged:
+        return items, []
+    return _line_by_line(items, compiled=True)
 
 
-def _line_by_line(items: list[bytes]) -> tuple[list[bytes], list[Rejection]]:
-    """parse_line on each line: (COPY rows, rejections); an item that ends with a newline is a row judged already."""
+def _line_by_line(lines: list[bytes], compiled: bool = False) -> tuple[list[bytes], list[Rejection]]:
+    """parse_line on each line: (COPY rows, rejections). compiled: the lines are copy_rows' items, where an item that
+    ends with a newline is a row judged already (a line handed back cannot end so)."""
     rows = []
     rejections: list[Rejection] = []
-    for raw in items:
-        if raw[-1:] == b"\n":
+    for raw in lines:
+        if compiled and raw[-1:] == b"\n":
             rows.append(raw)
             continue
         row, rejected = parse_line(raw)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +22,9 @@ from reference.contract import COLUMNS
 from reference.events import EventFactory
 from reference.sizes import SIZE_CLASSES
 
+if validate.STALE:
+    # An editable install keeps its compiled module when _fastrows.c changes: these tests would test the old one.
+    raise RuntimeError(validate.STALE)
 if validate.copy_rows is None:
     # CI installs a C compiler (.ci/run), so there a missing module means the build broke: fail, do not hide it.
     if os.environ.get("CI"):
@@ -288,3 +295,56 @@ class TestCorpus:
             raw = line.raw.replace(b"\n", b"")
             row = assert_agrees(raw)
             assert (row is not None) == (line.kind == "pg-rejected-number"), line.kind
+
+
+class TestOutOfMemory:
+    """An allocation that fails anywhere inside copy_rows raises MemoryError (parse_block then goes line by line)."""
+
+    def test_each_allocation_failing_in_turn(self):
+        """Whichever allocation fails (the list, a row, a line handed back, the list's growth): MemoryError, no crash.
+
+        _testcapi.set_nomemory makes the real allocator fail from the start-th allocation on, so the error paths
+        (a row that cannot be made, PyList_Append failing, the result tuple) run for real; an ASan build
+        (docs/testing.md) checks that they free and release everything.
+        """
+        testcapi = pytest.importorskip("_testcapi")
+        block = b"\n".join([PLAIN, b"not json", PLAIN, b"", PLAIN.replace(b"T05", b"t05")] * 4)
+        expected = copy_rows(block)
+        failed = 0
+        for start in range(120):
+            for stop in (start + 1, 0):  # one allocation fails, or every one from there on
+                testcapi.set_nomemory(start, stop)
+                try:
+                    got = copy_rows(block)
+                except MemoryError:
+                    failed += 1
+                    continue
+                finally:
+                    testcapi.remove_mem_hooks()
+                assert got == expected
+        assert failed > 0  # the failures did reach copy_rows
+
+
+class TestStaleBuild:
+    """A compiled module older than _fastrows.c (an editable install not rebuilt) is not used, and says why."""
+
+    def test_a_source_newer_than_the_module_turns_the_compiled_path_off(self, tmp_path: Path):
+        """The package copied with its built module, the source touched after: COMPILED is False, STALE says why."""
+        package = Path(validate.__file__).parents[1]
+        shutil.copytree(package, tmp_path / "reference", ignore=shutil.ignore_patterns("__pycache__"))
+        source = tmp_path / "reference" / "collector" / "_fastrows.c"
+        built = next((tmp_path / "reference" / "collector").glob("_fastrows*.so"))
+        os.utime(source, (built.stat().st_mtime + 10, built.stat().st_mtime + 10))
+        probe = "from reference.collector import validate as v; print(v.__file__); print(v.COMPILED); print(v.STALE)"
+        shown = subprocess.run(
+            [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        assert shown[0] == str(tmp_path / "reference" / "collector" / "validate.py")
+        assert shown[1] == "False"
+        assert "_fastrows.c" in shown[2]
+        assert "pip install" in shown[2]
+        os.utime(source, (built.stat().st_mtime - 10, built.stat().st_mtime - 10))
+        shown = subprocess.run(
+            [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        assert shown[1:] == ["True", ""]

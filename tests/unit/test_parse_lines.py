@@ -149,6 +149,19 @@ class TestSameAsLineByLine:
             assert at_once(raws) == one_by_one(raws)
             assert all(row.count(b"\t") == len(COLUMNS) - 1 for row in at_once(raws)[0])
 
+    def test_a_line_holding_a_newline_is_judged_whole(self):
+        """A line that ends with or holds a newline (none from the splitter does) is judged as parse_line judges it.
+
+        It is never passed on as a row unjudged, nor judged as the two lines it would split into.
+        """
+        plain = (
+            b'{"time":"2026-11-28T05:30:00Z","application_name":"a","environment_name":"e","log_event":"l",'
+            b'"trace_id":"t","file_path":"f","host_ip":"h","data":{"x":1}}'
+        )
+        for raws in ([b"not json\n"], [plain + b"\n"], [plain + b"\n" + plain], [plain, b"\n", plain]):
+            assert at_once(raws) == one_by_one(raws), raws
+        assert at_once([b"not json\n"])[0] == []
+
     def test_empty_read(self):
         """No lines, nothing out."""
         assert parse_lines([]) == ([], [])
