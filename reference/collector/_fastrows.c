@@ -57,13 +57,19 @@ static cursor utf8_sequence(cursor p, cursor end) {
     return p + more + 1;
 }
 
+static int hex_digit(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 /* The value of 4 hex digits at p, or -1. */
 static long hex4(cursor p, cursor end) {
     long value = 0;
     if (end - p < 4) return -1;
     for (int i = 0; i < 4; i++) {
-        unsigned char c = p[i];
-        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int digit = hex_digit(p[i]);
         if (digit < 0) return -1;
         value = value * 16 + digit;
     }
