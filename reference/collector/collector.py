@@ -237,7 +237,7 @@ class Collector:
         whole = self.splitter.feed_block(chunk.data)
         if whole is not None:
             block, read = whole
-            rows, rejections = parse_block(block, read) if read else ([], [])
+            rows, rejections = parse_block(block) if read else ([], [])
         else:
             lines, oversized = self.splitter.feed(chunk.data)
             for too_long in oversized:

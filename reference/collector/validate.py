@@ -224,8 +224,8 @@ if STALE:
 COMPILED = copy_rows is not None
 
 
-def parse_block(block: bytes, count: int) -> tuple[list[bytes], list[Rejection]]:
-    """parse_lines for count lines joined by newlines (a read as it came): split in C, or here without the C part."""
+def parse_block(block: bytes) -> tuple[list[bytes], list[Rejection]]:
+    """parse_lines for lines joined by newlines (a read as it came): split in C, or here without the C part."""
     if copy_rows is None:
         return _line_by_line(block.split(b"\n"))
     try:

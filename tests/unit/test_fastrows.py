@@ -276,7 +276,7 @@ class TestEverythingElseIsHandedBack:
     def test_a_read_mixing_plain_and_other_lines_keeps_its_order(self):
         """parse_block over plain, broken and styled lines: the rows and rejections parse_line gives, in order."""
         read = [PLAIN, b"not json", PLAIN.replace(b"T05", b"t05"), b"", PLAIN + b"\r"]
-        rows, rejections = validate.parse_block(b"\n".join(read), len(read))
+        rows, rejections = validate.parse_block(b"\n".join(read))
         expected_rows, expected_rejections = [], []
         for line in read:
             row, rejected = parse_line(line)
